@@ -1,0 +1,226 @@
+"""The kernel interface: attention as a kernel smoother.
+
+    out_i = Σ_j κ(q_i, k_j) v_j / Σ_j κ(q_i, k_j)            (Wright & Gonzalez 2021, eq. 3)
+
+A kernel is a subclass of ``Kernel`` registered by name in ``KERNELS`` with a ``Config`` dataclass. It declares
+what the study needs to know about it (feature dimension, symmetry, positive definiteness, sign) and provides
+up to three attention paths over the same maths:
+
+- ``exact``: materialise κ (B, H, Tq, Tk), zero masked keys, normalise. The reference every other path is tested
+  against. Kernels that are strictly positive define ``log_score`` and the exact path subtracts the row maximum
+  before exponentiating (exact, because the normaliser cancels any per-row factor); signed kernels define ``score``.
+- ``fast``: the kernel's best path that never materialises a (B, H, Tq, Tk, D) tensor.
+- ``linear``: for finite-feature kernels, O(T) attention through the explicit feature map φ.
+
+Masks follow PyTorch: ``key_padding_mask`` is (B, Tk) bool with True = padding (gets zero weight); ``causal``
+aligns the last query with the last key (offset Tk - Tq), which is also what incremental decoding needs.
+Rows whose keys are all masked return zeros, never NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from kernel_attention.registry import ConfigError, Registry
+
+INF = math.inf
+PATHS = ("auto", "exact", "fast", "linear")
+NORMALIZATIONS = ("sum", "abs")
+
+
+@dataclass
+class KernelConfig:
+    """Options every kernel has. Subclasses add their own (scales, degrees, ...) and extend ``validate``."""
+
+    # Which attention path to run: auto (the kernel's default fast path), exact, fast or linear.
+    path: str = "auto"
+
+    def validate(self) -> None:
+        if self.path not in PATHS:
+            raise ConfigError(f"kernel.path={self.path!r} is not allowed; choose one of: {', '.join(PATHS)}")
+
+
+@dataclass(frozen=True)
+class KernelProperties:
+    """What the study records about a kernel at a given head dimension.
+
+    ``symmetric`` and ``positive_definite`` describe κ as a function on R^d × R^d (q and k). Over tokens every
+    kernel in a Transformer is asymmetric and generally indefinite because W_Q ≠ W_K (Wright & Gonzalez 2021,
+    §4); these flags tell kernels apart before that projection."""
+
+    feature_dim: float  # an int, or math.inf for infinite-dimensional feature spaces
+    symmetric: bool
+    positive_definite: bool
+    can_be_negative: bool
+
+    def to_json(self) -> dict[str, Any]:
+        fd = self.feature_dim
+        return {
+            "feature_dim": "inf" if math.isinf(fd) else int(fd),
+            "symmetric": self.symmetric,
+            "positive_definite": self.positive_definite,
+            "can_be_negative": self.can_be_negative,
+        }
+
+
+def keep_mask(
+    Tq: int, Tk: int, *, causal: bool, key_padding_mask: Tensor | None, device: torch.device
+) -> Tensor | None:
+    """Boolean (B|1, 1, Tq, Tk) mask, True where query i may attend key j; None when nothing is masked."""
+    mask = None
+    if causal:
+        # Bottom-right aligned: query i (of the last Tq positions) sees keys j <= i + (Tk - Tq).
+        qpos = torch.arange(Tq, device=device)[:, None] + (Tk - Tq)  # (Tq, 1)
+        kpos = torch.arange(Tk, device=device)[None, :]  # (1, Tk)
+        mask = (kpos <= qpos)[None, None]  # (1, 1, Tq, Tk)
+    if key_padding_mask is not None:
+        kp = ~key_padding_mask.to(device=device, dtype=torch.bool)[:, None, None, :]  # (B, 1, 1, Tk)
+        mask = kp if mask is None else mask & kp  # (B, 1, Tq, Tk)
+    return mask
+
+
+class Kernel(nn.Module):
+    """Base class of every attention kernel. See the module docstring for the contract."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type[KernelConfig]] = KernelConfig
+    symmetric: ClassVar[bool]
+    positive_definite: ClassVar[bool]
+    can_be_negative: ClassVar[bool] = False
+    # The path that ``path=auto`` runs.
+    default_path: ClassVar[str] = "fast"
+
+    def __init__(self, cfg: KernelConfig, head_dim: int) -> None:
+        super().__init__()
+        if head_dim < 1:
+            raise ConfigError(f"head_dim must be >= 1, got {head_dim}")
+        self.cfg = cfg
+        self.head_dim = head_dim
+
+    # ---- what the study records -------------------------------------------------------------------------
+    def feature_dim(self) -> float:
+        """Dimension of the kernel's feature space at ``self.head_dim`` (an int, or ``math.inf``)."""
+        raise NotImplementedError
+
+    def properties(self) -> KernelProperties:
+        return KernelProperties(
+            feature_dim=self.feature_dim(),
+            symmetric=self.symmetric,
+            positive_definite=self.positive_definite,
+            can_be_negative=self.can_be_negative,
+        )
+
+    # ---- the maths --------------------------------------------------------------------------------------
+    def score(self, q: Tensor, k: Tensor) -> Tensor:
+        """κ(q_i, k_j) for all pairs: (B, H, Tq, D), (B, H, Tk, D) → (B, H, Tq, Tk)."""
+        return self.log_score(q, k).exp()
+
+    def log_score(self, q: Tensor, k: Tensor) -> Tensor:
+        """log κ(q_i, k_j), defined by strictly positive kernels: (B, H, Tq, D), (B, H, Tk, D) → (B, H, Tq, Tk)."""
+        raise NotImplementedError(f"kernel {self.name!r} is not strictly positive: it has no log_score")
+
+    @property
+    def has_log_score(self) -> bool:
+        return type(self).log_score is not Kernel.log_score
+
+    def feature_map(self, x: Tensor) -> Tensor:
+        """φ(x) with φ(q)·φ(k) = κ(q, k): (B, H, T, D) → (B, H, T, F). Finite-feature kernels only."""
+        raise NotImplementedError(f"kernel {self.name!r} has no finite feature map")
+
+    @property
+    def has_feature_map(self) -> bool:
+        return type(self).feature_map is not Kernel.feature_map
+
+    # ---- attention --------------------------------------------------------------------------------------
+    def forward(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        *,
+        causal: bool = False,
+        key_padding_mask: Tensor | None = None,
+        path: str | None = None,
+    ) -> Tensor:
+        """Kernel attention: q (B, H, Tq, D), k (B, H, Tk, D), v (B, H, Tk, Dv) → (B, H, Tq, Dv)."""
+        path = path or self.cfg.path
+        if path == "auto":
+            path = self.default_path
+        if path == "exact":
+            return self.exact(q, k, v, causal=causal, key_padding_mask=key_padding_mask)
+        if path == "fast":
+            return self.fast(q, k, v, causal=causal, key_padding_mask=key_padding_mask)
+        if path == "linear":
+            if not self.has_feature_map:
+                raise ConfigError(
+                    f"kernel {self.name!r} has no finite feature map, so no linear path; use path=exact or fast"
+                )
+            return self.linear(q, k, v, causal=causal, key_padding_mask=key_padding_mask)
+        raise ConfigError(f"unknown attention path {path!r}; choose one of: {', '.join(PATHS)}")
+
+    def exact(self, q: Tensor, k: Tensor, v: Tensor, *, causal: bool, key_padding_mask: Tensor | None) -> Tensor:
+        """Reference path: materialise κ, zero masked keys, normalise."""
+        mask = keep_mask(q.shape[-2], k.shape[-2], causal=causal, key_padding_mask=key_padding_mask, device=q.device)
+        if self.has_log_score:
+            logits = self.log_score(q, k)  # (B, H, Tq, Tk)
+            if mask is not None:
+                logits = logits.masked_fill(~mask, -math.inf)
+            # Subtracting the row max is exact (the normaliser cancels it) and keeps exp() finite.
+            row_max = logits.amax(dim=-1, keepdim=True).clamp_min(torch.finfo(logits.dtype).min)  # (B, H, Tq, 1)
+            w = (logits - row_max).exp()  # (B, H, Tq, Tk)
+        else:
+            w = self.score(q, k)  # (B, H, Tq, Tk)
+            if mask is not None:
+                w = w.masked_fill(~mask, 0.0)
+        num = w @ v  # (B, H, Tq, Dv)
+        den = self.denominator_terms(w).sum(dim=-1, keepdim=True)  # (B, H, Tq, 1)
+        return num / self.safe_denominator(den)
+
+    def fast(self, q: Tensor, k: Tensor, v: Tensor, *, causal: bool, key_padding_mask: Tensor | None) -> Tensor:
+        raise NotImplementedError(f"kernel {self.name!r} has no fast path")
+
+    def linear(self, q: Tensor, k: Tensor, v: Tensor, *, causal: bool, key_padding_mask: Tensor | None) -> Tensor:
+        raise NotImplementedError(f"kernel {self.name!r} has no linear path")
+
+    # ---- normalisation ----------------------------------------------------------------------------------
+    @property
+    def normalization(self) -> str:
+        """'sum' (Σ κ) or 'abs' (Σ |κ|); signed kernels make it a config option."""
+        return getattr(self.cfg, "normalization", "sum")
+
+    @property
+    def eps(self) -> float:
+        return float(getattr(self.cfg, "eps", 1e-6))
+
+    def denominator_terms(self, w: Tensor) -> Tensor:
+        """What is summed into the normaliser from the (masked) weights."""
+        return w.abs() if self.normalization == "abs" else w
+
+    def safe_denominator(self, den: Tensor) -> Tensor:
+        """Keep |den| >= eps with its sign, so a signed normaliser near 0 cannot blow up and an all-masked
+        row (den = 0) gives 0 output instead of NaN."""
+        eps = self.eps
+        sign = torch.where(den < 0, -1.0, 1.0).to(den.dtype)
+        return torch.where(den.abs() < eps, sign * eps, den)
+
+
+KERNELS: Registry[Kernel] = Registry("kernel")
+
+
+def build_kernel(name: str, head_dim: int, cfg: KernelConfig | Mapping[str, Any] | None = None) -> Kernel:
+    """Construct kernel ``name`` for ``head_dim`` from its typed config or plain params (validated: a bad
+    name or value raises a one-line ``ConfigError`` that lists what is allowed)."""
+    cls = KERNELS.get(name)
+    if isinstance(cfg, KernelConfig):
+        if not isinstance(cfg, cls.Config):
+            raise ConfigError(f"kernel {name!r} takes {cls.Config.__name__}, got {type(cfg).__name__}")
+        cfg.validate()
+    else:
+        cfg = KERNELS.make_config(name, cfg)
+    return cls(cfg, head_dim)
