@@ -40,6 +40,8 @@ class KernelConfig:
 
     # Which attention path to run: auto (the kernel's default fast path), exact, fast or linear.
     path: str = "auto"
+    # Display name in logs and reports; empty = the registered name. Presets set it (quadratic = polynomial p=2).
+    label: str = ""
 
     def validate(self) -> None:
         if self.path not in PATHS:
