@@ -1,0 +1,1 @@
+"""Evaluation: decoding the test set and scoring it (BLEU, perplexity)."""
