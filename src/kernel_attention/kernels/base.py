@@ -2,26 +2,32 @@
 
     out_i = Σ_j κ(q_i, k_j) v_j / Σ_j κ(q_i, k_j)            (Wright & Gonzalez 2021, eq. 3)
 
-A kernel is a subclass of ``Kernel`` registered by name in ``KERNELS`` with a ``Config`` dataclass. It declares
-what the study needs to know about it (feature dimension, symmetry, positive definiteness, sign) and provides
-up to three attention paths over the same maths:
+A kernel is a subclass of ``Kernel`` registered by name in ``KERNELS`` with a ``Config`` dataclass. It
+declares what the study needs to know about it (feature dimension, symmetry, positive definiteness, sign) and
+provides up to four attention paths over the same maths:
 
-- ``exact``: materialise κ (B, H, Tq, Tk), zero masked keys, normalise. The reference every other path is tested
-  against. Kernels that are strictly positive define ``log_score`` and the exact path subtracts the row maximum
-  before exponentiating (exact, because the normaliser cancels any per-row factor); signed kernels define ``score``.
-- ``fast``: the kernel's best path that never materialises a (B, H, Tq, Tk, D) tensor.
+- ``exact``: materialise κ (B, H, Tq, Tk), zero masked keys, normalise. The reference every other path is
+  tested against. Strictly positive kernels of exponential type define ``log_score`` and the exact path
+  subtracts the row maximum before exponentiating (exact: the normaliser cancels any per-row factor); the
+  others define ``score``.
+- ``fast``: the kernel's best path that never materialises a (B, H, Tq, Tk, D) tensor. By default the tiled
+  path of ``attention/chunked.py`` over the same ``log_score``/``score`` (memory O(tile²), gradients by
+  recomputation); kernels with a better route (SDPA for edp and rbf, φ for linear kernels) override it.
 - ``linear``: for finite-feature kernels, O(T) attention through the explicit feature map φ.
+- ``flex``: FlexAttention with ``score_mod = log κ`` for kernels that define ``flex_score_mod``. Forward runs
+  on CPU (eager, for testing); training needs CUDA. Opt-in until a GPU run has verified it.
 
 Masks follow PyTorch: ``key_padding_mask`` is (B, Tk) bool with True = padding (gets zero weight); ``causal``
 aligns the last query with the last key (offset Tk - Tq), which is also what incremental decoding needs.
-Rows whose keys are all masked return zeros, never NaN.
+Rows whose keys are all masked return zeros, never NaN. Half-precision inputs are computed in float32 and the
+result is cast back, because exp, powers and the normaliser's sum are where bf16 loses the answer.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -30,17 +36,19 @@ from torch import Tensor, nn
 from kernel_attention.registry import ConfigError, Registry
 
 INF = math.inf
-PATHS = ("auto", "exact", "fast", "linear")
+PATHS = ("auto", "exact", "fast", "linear", "flex")
 NORMALIZATIONS = ("sum", "abs")
+# A flex score_mod: (score, b, h, q_idx, kv_idx) -> log κ, where score = q·k * flex_scale().
+ScoreMod = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
 
 
 @dataclass
 class KernelConfig:
     """Options every kernel has. Subclasses add their own (scales, degrees, ...) and extend ``validate``."""
 
-    # Which attention path to run: auto (the kernel's default fast path), exact, fast or linear.
+    # Which attention path to run: auto (the kernel's default fast path), exact, fast, linear or flex.
     path: str = "auto"
-    # Display name in logs and reports; empty = the registered name. Presets set it (quadratic = polynomial p=2).
+    # Display name in logs and reports; empty = the registered name. Presets set it (quadratic = p=2).
     label: str = ""
 
     def validate(self) -> None:
@@ -48,13 +56,35 @@ class KernelConfig:
             raise ConfigError(f"kernel.path={self.path!r} is not allowed; choose one of: {', '.join(PATHS)}")
 
 
+@dataclass
+class SignedKernelConfig(KernelConfig):
+    """Options of kernels that can be negative, where Σ_j κ_ij may be ~0."""
+
+    # sum: divide by Σ_j κ_ij (the formula as written; can cross 0); abs: divide by Σ_j |κ_ij| (never ~0
+    # unless every weight is, so the output stays a bounded signed average of v).
+    normalization: str = "abs"
+    # Denominators with |den| < eps are replaced by ±eps (sign kept); also makes all-masked rows give 0.
+    eps: float = 1e-6
+
+    def validate(self) -> None:
+        super().validate()
+        if self.normalization not in NORMALIZATIONS:
+            raise ConfigError(
+                f"kernel.normalization={self.normalization!r} is not allowed; choose one of: "
+                f"{', '.join(NORMALIZATIONS)}"
+            )
+        if not self.eps > 0:
+            raise ConfigError(f"kernel.eps={self.eps} must be > 0 (e.g. 1e-6)")
+
+
 @dataclass(frozen=True)
 class KernelProperties:
     """What the study records about a kernel at a given head dimension.
 
-    ``symmetric`` and ``positive_definite`` describe κ as a function on R^d × R^d (q and k). Over tokens every
-    kernel in a Transformer is asymmetric and generally indefinite because W_Q ≠ W_K (Wright & Gonzalez 2021,
-    §4); these flags tell kernels apart before that projection."""
+    ``symmetric`` and ``positive_definite`` describe κ as a function on R^d × R^d (q and k);
+    ``positive_definite`` is the kernel-methods sense (every Gram matrix is positive semi-definite, i.e. κ is a
+    Mercer kernel). Over tokens every kernel in a Transformer is asymmetric and generally indefinite because
+    W_Q ≠ W_K (Wright & Gonzalez 2021, §4); these flags tell kernels apart before that projection."""
 
     feature_dim: float  # an int, or math.inf for infinite-dimensional feature spaces
     symmetric: bool
@@ -87,6 +117,11 @@ def keep_mask(
     return mask
 
 
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """float32 for half-precision inputs (exp/powers/sums need the range and mantissa), else x's dtype."""
+    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+
+
 class Kernel(nn.Module):
     """Base class of every attention kernel. See the module docstring for the contract."""
 
@@ -97,6 +132,9 @@ class Kernel(nn.Module):
     can_be_negative: ClassVar[bool] = False
     # The path that ``path=auto`` runs.
     default_path: ClassVar[str] = "fast"
+    # Tile sizes of the generic fast path (queries × keys): memory O(B·H·tile²), few enough Python steps.
+    block_q: ClassVar[int] = 256
+    block_k: ClassVar[int] = 256
 
     def __init__(self, cfg: KernelConfig, head_dim: int) -> None:
         super().__init__()
@@ -124,7 +162,7 @@ class Kernel(nn.Module):
         return self.log_score(q, k).exp()
 
     def log_score(self, q: Tensor, k: Tensor) -> Tensor:
-        """log κ(q_i, k_j), defined by strictly positive kernels: (B, H, Tq, D), (B, H, Tk, D) → (B, H, Tq, Tk)."""
+        """log κ(q_i, k_j) for strictly positive kernels: (B, H, Tq, D), (B, H, Tk, D) → (B, H, Tq, Tk)."""
         raise NotImplementedError(f"kernel {self.name!r} is not strictly positive: it has no log_score")
 
     @property
@@ -138,6 +176,14 @@ class Kernel(nn.Module):
     @property
     def has_feature_map(self) -> bool:
         return type(self).feature_map is not Kernel.feature_map
+
+    def flex_score_mod(self, q: Tensor, k: Tensor) -> ScoreMod | None:
+        """A FlexAttention score_mod returning log κ from score = q·k·flex_scale() (and per-token scalars of
+        q and k it may capture), or None when κ is not a function flex can express."""
+        return None
+
+    def flex_scale(self) -> float:
+        return 1.0 / math.sqrt(self.head_dim)
 
     # ---- attention --------------------------------------------------------------------------------------
     def forward(
@@ -154,41 +200,81 @@ class Kernel(nn.Module):
         path = path or self.cfg.path
         if path == "auto":
             path = self.default_path
-        if path == "exact":
-            return self.exact(q, k, v, causal=causal, key_padding_mask=key_padding_mask)
-        if path == "fast":
-            return self.fast(q, k, v, causal=causal, key_padding_mask=key_padding_mask)
-        if path == "linear":
-            if not self.has_feature_map:
-                raise ConfigError(
-                    f"kernel {self.name!r} has no finite feature map, so no linear path; use path=exact or fast"
-                )
-            return self.linear(q, k, v, causal=causal, key_padding_mask=key_padding_mask)
-        raise ConfigError(f"unknown attention path {path!r}; choose one of: {', '.join(PATHS)}")
+        if path not in PATHS:
+            raise ConfigError(f"unknown attention path {path!r}; choose one of: {', '.join(PATHS)}")
+        if path == "linear" and not self.has_feature_map:
+            raise ConfigError(
+                f"kernel {self.name!r} has no finite feature map, so no linear path; use exact or fast"
+            )
+        dtype = compute_dtype(q)
+        q32, k32, v32 = q.to(dtype), k.to(dtype), v.to(dtype)  # no-ops unless half precision
+        run = getattr(self, path)
+        out = run(q32, k32, v32, causal=causal, key_padding_mask=key_padding_mask)  # (B, H, Tq, Dv)
+        return out.to(v.dtype)
 
     def exact(self, q: Tensor, k: Tensor, v: Tensor, *, causal: bool, key_padding_mask: Tensor | None) -> Tensor:
         """Reference path: materialise κ, zero masked keys, normalise."""
-        mask = keep_mask(q.shape[-2], k.shape[-2], causal=causal, key_padding_mask=key_padding_mask, device=q.device)
+        Tq, Tk = q.shape[-2], k.shape[-2]
+        mask = keep_mask(Tq, Tk, causal=causal, key_padding_mask=key_padding_mask, device=q.device)
         if self.has_log_score:
             logits = self.log_score(q, k)  # (B, H, Tq, Tk)
             if mask is not None:
                 logits = logits.masked_fill(~mask, -math.inf)
             # Subtracting the row max is exact (the normaliser cancels it) and keeps exp() finite.
-            row_max = logits.amax(dim=-1, keepdim=True).clamp_min(torch.finfo(logits.dtype).min)  # (B, H, Tq, 1)
-            w = (logits - row_max).exp()  # (B, H, Tq, Tk)
+            row_max = logits.amax(dim=-1, keepdim=True).clamp_min(torch.finfo(logits.dtype).min)  # (B,H,Tq,1)
+            w = (logits - row_max.detach()).exp()  # (B, H, Tq, Tk)
         else:
             w = self.score(q, k)  # (B, H, Tq, Tk)
             if mask is not None:
                 w = w.masked_fill(~mask, 0.0)
+        return self.smooth(w, v)  # (B, H, Tq, Dv)
+
+    def smooth(self, w: Tensor, v: Tensor) -> Tensor:
+        """Normalised kernel smoother from masked weights w (B, H, Tq, Tk) and v (B, H, Tk, Dv)."""
         num = w @ v  # (B, H, Tq, Dv)
         den = self.denominator_terms(w).sum(dim=-1, keepdim=True)  # (B, H, Tq, 1)
-        return num / self.safe_denominator(den)
+        return num / self.safe_denominator(den)  # (B, H, Tq, Dv)
 
     def fast(self, q: Tensor, k: Tensor, v: Tensor, *, causal: bool, key_padding_mask: Tensor | None) -> Tensor:
-        raise NotImplementedError(f"kernel {self.name!r} has no fast path")
+        """Tiled path over the same score function as ``exact`` (never holds more than a tile of κ)."""
+        from kernel_attention.attention.chunked import chunked_kernel_attention
+
+        log_space = self.has_log_score
+        return chunked_kernel_attention(
+            q, k, v,
+            self.log_score if log_space else self.score,
+            log_space=log_space,
+            abs_normalization=self.normalization == "abs",
+            eps=self.eps,
+            causal=causal,
+            key_padding_mask=key_padding_mask,
+            block_q=self.block_q,
+            block_k=self.block_k,
+        )  # (B, H, Tq, Dv)
 
     def linear(self, q: Tensor, k: Tensor, v: Tensor, *, causal: bool, key_padding_mask: Tensor | None) -> Tensor:
-        raise NotImplementedError(f"kernel {self.name!r} has no linear path")
+        """O(T) attention through φ; only the 'sum' normaliser factorises through features."""
+        from kernel_attention.attention.feature_map import linear_attention
+
+        if self.normalization == "abs" and self.can_be_negative:
+            raise ConfigError(
+                f"kernel {self.name!r}: normalization=abs (Σ|κ|) does not factorise through φ; "
+                "use normalization=sum with path=linear, or path=exact/fast"
+            )
+        return linear_attention(
+            self.feature_map(q), self.feature_map(k), v,
+            causal=causal, key_padding_mask=key_padding_mask, safe_denominator=self.safe_denominator,
+        )  # (B, H, Tq, Dv)
+
+    def flex(self, q: Tensor, k: Tensor, v: Tensor, *, causal: bool, key_padding_mask: Tensor | None) -> Tensor:
+        from kernel_attention.attention.flex import flex_kernel_attention
+
+        score_mod = self.flex_score_mod(q, k)
+        if score_mod is None:
+            raise ConfigError(f"kernel {self.name!r} cannot be written as a flex score_mod; use exact or fast")
+        return flex_kernel_attention(
+            q, k, v, score_mod, scale=self.flex_scale(), causal=causal, key_padding_mask=key_padding_mask
+        )  # (B, H, Tq, Dv)
 
     # ---- normalisation ----------------------------------------------------------------------------------
     @property

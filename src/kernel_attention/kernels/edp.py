@@ -1,10 +1,10 @@
 """``edp``: the exponentiated dot product, κ(q, k) = exp(q·k / √d) — standard softmax attention.
 
-Vaswani et al. 2017, "Attention Is All You Need". As a function of (q, k) it is symmetric and positive definite
-(exp of a dot product: a power series with non-negative coefficients) with an infinite-dimensional feature space.
-Wright & Gonzalez 2021 (§4) call attention non-Mercer because the kernel *over tokens*,
-κ(t, t') = exp(W_Q t · W_K t' / √d), is asymmetric and indefinite when W_Q ≠ W_K — true of every kernel here;
-the flags in this package describe κ on (q, k) so that kernels can be told apart.
+Vaswani et al. 2017, "Attention Is All You Need". As a function of (q, k) it is symmetric and positive
+definite (exp of a dot product: a power series with non-negative coefficients, each term a PD kernel) with an
+infinite-dimensional feature space. Wright & Gonzalez 2021 (§4) call attention non-Mercer because the kernel
+*over tokens*, κ(t, t') = exp(W_Q t · W_K t' / √d), is asymmetric and indefinite when W_Q ≠ W_K — true of
+every kernel here; the flags in this package describe κ on (q, k) so that kernels can be told apart.
 The fast path is ``F.scaled_dot_product_attention`` (flash / memory-efficient kernels where available).
 """
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor
 
-from kernel_attention.kernels.base import INF, KERNELS, Kernel, KernelConfig, keep_mask
+from kernel_attention.kernels.base import INF, KERNELS, Kernel, KernelConfig, ScoreMod, keep_mask
 
 
 @dataclass
@@ -24,8 +24,9 @@ class EDPConfig(KernelConfig):
     pass
 
 
-def sdpa(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, key_padding_mask: Tensor | None,
-         scale: float | None = None) -> Tensor:
+def sdpa(
+    q: Tensor, k: Tensor, v: Tensor, *, causal: bool, key_padding_mask: Tensor | None, scale: float | None = None
+) -> Tensor:
     """SDPA with our mask conventions; rows with every key masked return 0 instead of NaN."""
     Tq, Tk = q.shape[-2], k.shape[-2]
     if key_padding_mask is None and (not causal or Tq == Tk):
@@ -50,6 +51,9 @@ class EDPKernel(Kernel):
 
     def log_score(self, q: Tensor, k: Tensor) -> Tensor:
         return (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, H, Tq, Tk)
+
+    def flex_score_mod(self, q: Tensor, k: Tensor) -> ScoreMod:
+        return lambda score, b, h, qi, ki: score  # softmax is already exp(q·k/√d)
 
     def fast(self, q: Tensor, k: Tensor, v: Tensor, *, causal: bool, key_padding_mask: Tensor | None) -> Tensor:
         return sdpa(q, k, v, causal=causal, key_padding_mask=key_padding_mask)  # (B, H, Tq, Dv)

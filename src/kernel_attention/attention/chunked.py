@@ -1,0 +1,163 @@
+"""Tiled kernel attention for any pairwise score function, memory-bounded in forward AND backward.
+
+The query × key plane is cut into tiles (block_q × block_k). The forward pass keeps, per query row, an online
+normaliser like FlashAttention (Dao et al. 2022): in log space a running max m, running sum l and running
+numerator, rescaled whenever m grows; for signed/polynomial kernels plain running sums of κ·v and of κ (or
+|κ|). Only the output and one scalar per row are saved; the backward pass recomputes each tile's scores and
+pushes the tile's gradient through the score function with ``torch.autograd.grad``. So no tensor larger than
+(B, H, block_q, block_k) — or what the score function needs for one tile — ever exists, in either pass, and
+any differentiable score function works (dot-product, distance and min-based kernels alike).
+
+Tiles that causality hides entirely are skipped, which halves the work of causal self-attention.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+ScoreFn = Callable[[Tensor, Tensor], Tensor]  # (B, H, tq, D), (B, H, tk, D) -> (B, H, tq, tk)
+
+
+def _tile_keep(
+    i0: int, i1: int, j0: int, j1: int, offset: int, causal: bool, keep_k: Tensor | None, device: torch.device
+) -> Tensor | None:
+    """(B|1, 1, tq, tk) bool, True where query i may see key j, or None when the whole tile is visible."""
+    mask = None
+    if causal and j1 - 1 > i0 + offset:  # some key of the tile lies in the future of some query
+        qpos = torch.arange(i0, i1, device=device)[:, None] + offset  # (tq, 1)
+        kpos = torch.arange(j0, j1, device=device)[None, :]  # (1, tk)
+        mask = (kpos <= qpos)[None, None]  # (1, 1, tq, tk)
+    if keep_k is not None:
+        kp = keep_k[:, None, None, j0:j1]  # (B, 1, 1, tk)
+        mask = kp if mask is None else mask & kp  # (B, 1, tq, tk)
+    return mask
+
+
+def _key_blocks(i0: int, i1: int, Tk: int, block_k: int, offset: int, causal: bool) -> range:
+    """Start indices of the key tiles that query rows [i0, i1) can see at all."""
+    stop = Tk if not causal else max(0, min(Tk, i1 - 1 + offset + 1))
+    return range(0, stop, block_k)
+
+
+class _TiledAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx, q: Tensor, k: Tensor, v: Tensor, score_fn: ScoreFn, keep_k: Tensor | None, log_space: bool,
+        abs_norm: bool, eps: float, causal: bool, block_q: int, block_k: int,
+    ) -> Tensor:
+        B, H, Tq, _ = q.shape
+        Tk, Dv = k.shape[-2], v.shape[-1]
+        offset = Tk - Tq
+        out = q.new_zeros(B, H, Tq, Dv)  # (B, H, Tq, Dv)
+        # log space: log Σ_j κ_ij (−inf for empty rows); otherwise the safe denominator actually used.
+        stat = q.new_zeros(B, H, Tq, 1)  # (B, H, Tq, 1)
+        for i0 in range(0, Tq, block_q):
+            i1 = min(Tq, i0 + block_q)
+            qb = q[:, :, i0:i1]  # (B, H, tq, D)
+            acc = q.new_zeros(B, H, i1 - i0, Dv)  # (B, H, tq, Dv)
+            den = q.new_zeros(B, H, i1 - i0, 1)  # (B, H, tq, 1)
+            m = q.new_full((B, H, i1 - i0, 1), -math.inf)  # (B, H, tq, 1) running max of log κ
+            for j0 in _key_blocks(i0, i1, Tk, block_k, offset, causal):
+                j1 = min(Tk, j0 + block_k)
+                s = score_fn(qb, k[:, :, j0:j1])  # (B, H, tq, tk)
+                keep = _tile_keep(i0, i1, j0, j1, offset, causal, keep_k, q.device)
+                vb = v[:, :, j0:j1]  # (B, H, tk, Dv)
+                if log_space:
+                    if keep is not None:
+                        s = s.masked_fill(~keep, -math.inf)
+                    m_new = torch.maximum(m, s.amax(dim=-1, keepdim=True))  # (B, H, tq, 1)
+                    m_use = m_new.masked_fill(torch.isinf(m_new), 0.0)  # rows with nothing yet: any shift
+                    alpha = (m - m_use).exp()  # (B, H, tq, 1) rescales what was summed under the old max
+                    p = (s - m_use).exp()  # (B, H, tq, tk)
+                    den = den * alpha + p.sum(dim=-1, keepdim=True)
+                    acc = acc * alpha + p @ vb
+                    m = m_new
+                else:
+                    if keep is not None:
+                        s = s.masked_fill(~keep, 0.0)
+                    den = den + (s.abs() if abs_norm else s).sum(dim=-1, keepdim=True)  # (B, H, tq, 1)
+                    acc = acc + s @ vb  # (B, H, tq, Dv)
+            if log_space:
+                out[:, :, i0:i1] = acc / den.clamp_min(torch.finfo(den.dtype).tiny)  # empty rows: 0 / tiny
+                stat[:, :, i0:i1] = m.masked_fill(torch.isinf(m), 0.0) + den.log()  # −inf where den = 0
+            else:
+                sign = torch.where(den < 0, -1.0, 1.0).to(den.dtype)
+                safe = torch.where(den.abs() < eps, sign * eps, den)  # same rule as Kernel.safe_denominator
+                out[:, :, i0:i1] = acc / safe
+                stat[:, :, i0:i1] = safe
+        ctx.save_for_backward(q, k, v, out, stat, keep_k)
+        ctx.cfg = (score_fn, log_space, abs_norm, eps, causal, block_q, block_k)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_out: Tensor):  # type: ignore[override]
+        q, k, v, out, stat, keep_k = ctx.saved_tensors
+        score_fn, log_space, abs_norm, eps, causal, block_q, block_k = ctx.cfg
+        Tq, Tk = q.shape[-2], k.shape[-2]
+        offset = Tk - Tq
+        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        # d(out_i)/d(den_i) contracted with g_out: −(g·out)/den; zero where the denominator was clamped.
+        g_dot_out = (g_out * out).sum(dim=-1, keepdim=True)  # (B, H, Tq, 1)
+        if log_space:
+            lse = stat.masked_fill(torch.isinf(stat), 0.0)  # (B, H, Tq, 1) empty rows: any value, P = 0 there
+        else:
+            g_num = g_out / stat  # (B, H, Tq, Dv)
+            g_den = torch.where(stat.abs() > eps, -g_dot_out / stat, 0.0)  # (B, H, Tq, 1)
+        for i0 in range(0, Tq, block_q):
+            i1 = min(Tq, i0 + block_q)
+            for j0 in _key_blocks(i0, i1, Tk, block_k, offset, causal):
+                j1 = min(Tk, j0 + block_k)
+                keep = _tile_keep(i0, i1, j0, j1, offset, causal, keep_k, q.device)
+                qb = q[:, :, i0:i1].detach().requires_grad_()  # (B, H, tq, D)
+                kb = k[:, :, j0:j1].detach().requires_grad_()  # (B, H, tk, D)
+                vb, gb = v[:, :, j0:j1], g_out[:, :, i0:i1]  # (B, H, tk, Dv), (B, H, tq, Dv)
+                with torch.enable_grad():
+                    s = score_fn(qb, kb)  # (B, H, tq, tk)
+                if log_space:
+                    sm = s.detach() if keep is None else s.detach().masked_fill(~keep, -math.inf)
+                    p = (sm - lse[:, :, i0:i1]).exp()  # (B, H, tq, tk) = normalised weights
+                    dv[:, :, j0:j1] += p.transpose(-2, -1) @ gb  # (B, H, tk, Dv)
+                    dp = gb @ vb.transpose(-2, -1)  # (B, H, tq, tk)
+                    ds = p * (dp - g_dot_out[:, :, i0:i1])  # softmax backward: (B, H, tq, tk)
+                else:
+                    w = s.detach() if keep is None else s.detach().masked_fill(~keep, 0.0)  # (B, H, tq, tk)
+                    gn = g_num[:, :, i0:i1]  # (B, H, tq, Dv)
+                    dv[:, :, j0:j1] += w.transpose(-2, -1) @ gn  # (B, H, tk, Dv)
+                    dterm = torch.sign(w) if abs_norm else torch.ones_like(w)  # d(den term)/dw
+                    ds = gn @ vb.transpose(-2, -1) + g_den[:, :, i0:i1] * dterm  # (B, H, tq, tk)
+                    if keep is not None:
+                        ds = ds.masked_fill(~keep, 0.0)
+                gq, gk = torch.autograd.grad(s, (qb, kb), ds)
+                dq[:, :, i0:i1] += gq
+                dk[:, :, j0:j1] += gk
+        return dq, dk, dv, None, None, None, None, None, None, None, None
+
+
+def chunked_kernel_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    score_fn: ScoreFn,
+    *,
+    log_space: bool,
+    abs_normalization: bool = False,
+    eps: float = 1e-6,
+    causal: bool = False,
+    key_padding_mask: Tensor | None = None,
+    block_q: int = 256,
+    block_k: int = 256,
+) -> Tensor:
+    """Σ_j κ_ij v_j / Σ_j κ_ij over tiles. ``score_fn`` returns log κ (``log_space``) or κ itself.
+
+    q (B, H, Tq, D), k (B, H, Tk, D), v (B, H, Tk, Dv) → (B, H, Tq, Dv); masks as in ``kernels.base``.
+    Gradients reach q, k and v only: ``score_fn`` must not close over tensors that need gradients."""
+    keep_k = None if key_padding_mask is None else ~key_padding_mask.to(device=q.device, dtype=torch.bool)
+    return _TiledAttention.apply(
+        q, k, v, score_fn, keep_k, log_space, abs_normalization, eps, causal, block_q, block_k
+    )  # (B, H, Tq, Dv)

@@ -1,0 +1,132 @@
+"""``random_features``: FAVOR+ positive orthogonal random features for edp (Choromanski et al. 2021,
+"Rethinking Attention with Performers", ICLR).
+
+φ(x) = exp(ω_r·x' − ‖x'‖²/2)_{r=1..m} / √m with x' = x/d^¼ and ω_r orthogonal Gaussian directions (blocks of
+d orthonormal rows, each row rescaled by the norm of an independent N(0, I_d) draw), so E[φ(q)·φ(k)] =
+exp(q·k/√d) = edp exactly (unbiased) and the estimate is positive. The kernel this module computes is
+κ_ω(q, k) = φ(q)·φ(k) for the CURRENT draw ω; its error against edp falls like 1/√m.
+
+Redraw policy: ``redraw_every: 0`` keeps one draw forever; N > 0 redraws before every N-th forward call in
+training mode (Performers redraw periodically during training). Evaluation (``.eval()``) never redraws, so
+evaluation is deterministic. ω is a persistent buffer: checkpoints restore the exact draw.
+
+Properties on (q, k): symmetric; positive definite (explicit finite feature map); never negative; feature
+dimension m.
+
+Paths: ``linear`` (default) O(T·m·Dv); ``fast`` tiles the score; ``exact`` materialises φ(Q)φ(K)ᵀ. All paths
+stabilise exp() as Performer does: queries by their own row max, keys by one max per (batch, head) — both are
+factors the normaliser cancels exactly, so paths agree with the unstabilised κ_ω.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from kernel_attention.kernels.base import KERNELS, Kernel, KernelConfig
+from kernel_attention.registry import ConfigError
+
+
+@dataclass
+class RandomFeaturesConfig(KernelConfig):
+    # Number of random features m >= 1 (feature dimension). Error vs edp ~ 1/√m.
+    m: int = 256
+    # 0 = never redraw; N > 0 = redraw ω every N forward calls in training mode (never in eval).
+    redraw_every: int = 0
+
+    def validate(self) -> None:
+        super().validate()
+        if self.m < 1:
+            raise ConfigError(f"kernel.m={self.m} must be an integer >= 1 (e.g. 256)")
+        if self.redraw_every < 0:
+            raise ConfigError(f"kernel.redraw_every={self.redraw_every} must be 0 (never) or a positive int")
+
+
+def orthogonal_gaussian(m: int, d: int, *, device: torch.device | None = None) -> Tensor:
+    """(m, d) rows: blocks of d orthonormal directions with χ_d-distributed lengths (Choromanski et al.)."""
+    blocks = []
+    for _ in range(-(-m // d)):
+        qmat, _ = torch.linalg.qr(torch.randn(d, d, device=device))  # (d, d) orthonormal columns
+        blocks.append(qmat.T)  # (d, d) rows orthonormal
+    omega = torch.cat(blocks, dim=0)[:m]  # (m, d)
+    lengths = torch.randn(m, d, device=device).norm(dim=1, keepdim=True)  # (m, 1) ~ χ_d, as for Gaussian rows
+    return omega * lengths  # (m, d)
+
+
+@KERNELS.register("random_features")
+class RandomFeaturesKernel(Kernel):
+    """κ_ω(q, k) = φ(q)·φ(k), an unbiased positive estimate of exp(q·k/√d): feature dim m, symmetric, PD."""
+
+    Config = RandomFeaturesConfig
+    symmetric = True
+    positive_definite = True
+    can_be_negative = False
+    default_path = "linear"
+
+    def __init__(self, cfg: RandomFeaturesConfig, head_dim: int) -> None:
+        super().__init__(cfg, head_dim)
+        self.m, self.redraw_every = cfg.m, cfg.redraw_every
+        self.register_buffer("omega", orthogonal_gaussian(cfg.m, head_dim))  # (m, D)
+        self.calls = 0
+
+    @torch.no_grad()
+    def redraw(self) -> None:
+        self.omega.copy_(orthogonal_gaussian(self.m, self.head_dim, device=self.omega.device))
+
+    def feature_dim(self) -> float:
+        return self.m
+
+    def _exponent(self, x: Tensor) -> Tensor:
+        """ω·x' − ‖x'‖²/2 with x' = x/d^¼: (B, H, T, D) → (B, H, T, m)."""
+        xs = x / self.head_dim**0.25  # (B, H, T, D)
+        proj = xs @ self.omega.to(xs.dtype).T  # (B, H, T, m)
+        return proj - 0.5 * (xs * xs).sum(dim=-1, keepdim=True)  # (B, H, T, m)
+
+    def feature_map(self, x: Tensor) -> Tensor:
+        return self._exponent(x).exp() / self.m**0.5  # (B, H, T, m), unstabilised: φ(q)·φ(k) = κ_ω exactly
+
+    def _stable_features(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+        eq, ek = self._exponent(q), self._exponent(k)  # (B, H, Tq, m), (B, H, Tk, m)
+        eq = eq - eq.amax(dim=-1, keepdim=True).detach()  # per-query factor: cancels in the normaliser
+        ek = ek - ek.amax(dim=(-2, -1), keepdim=True).detach()  # one factor per (b, h): cancels as well
+        return eq.exp(), ek.exp()  # (B, H, Tq, m), (B, H, Tk, m)
+
+    def score(self, q: Tensor, k: Tensor) -> Tensor:
+        return self.feature_map(q) @ self.feature_map(k).transpose(-2, -1)  # (B, H, Tq, Tk)
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, **kw) -> Tensor:  # type: ignore[override]
+        if self.training and self.redraw_every > 0:
+            if self.calls % self.redraw_every == 0 and self.calls > 0:
+                self.redraw()
+            self.calls += 1
+        return super().forward(q, k, v, **kw)  # (B, H, Tq, Dv)
+
+    def exact(self, q: Tensor, k: Tensor, v: Tensor, *, causal: bool, key_padding_mask: Tensor | None) -> Tensor:
+        from kernel_attention.kernels.base import keep_mask
+
+        fq, fk = self._stable_features(q, k)  # (B, H, Tq, m), (B, H, Tk, m)
+        w = fq @ fk.transpose(-2, -1)  # (B, H, Tq, Tk)
+        mask = keep_mask(q.shape[-2], k.shape[-2], causal=causal, key_padding_mask=key_padding_mask, device=q.device)
+        if mask is not None:
+            w = w.masked_fill(~mask, 0.0)
+        return self.smooth(w, v)  # (B, H, Tq, Dv)
+
+    def fast(self, q: Tensor, k: Tensor, v: Tensor, *, causal: bool, key_padding_mask: Tensor | None) -> Tensor:
+        from kernel_attention.attention.chunked import chunked_kernel_attention
+
+        fq, fk = self._stable_features(q, k)  # (B, H, Tq, m), (B, H, Tk, m)
+        # Tile over the features themselves: the score of a tile is a matmul of feature rows.
+        return chunked_kernel_attention(
+            fq, fk, v, lambda a, b: a @ b.transpose(-2, -1), log_space=False, eps=self.eps,
+            causal=causal, key_padding_mask=key_padding_mask, block_q=self.block_q, block_k=self.block_k,
+        )  # (B, H, Tq, Dv)
+
+    def linear(self, q: Tensor, k: Tensor, v: Tensor, *, causal: bool, key_padding_mask: Tensor | None) -> Tensor:
+        from kernel_attention.attention.feature_map import linear_attention
+
+        fq, fk = self._stable_features(q, k)  # (B, H, Tq, m), (B, H, Tk, m)
+        return linear_attention(
+            fq, fk, v, causal=causal, key_padding_mask=key_padding_mask, safe_denominator=self.safe_denominator
+        )  # (B, H, Tq, Dv)
