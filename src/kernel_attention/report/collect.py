@@ -1,0 +1,241 @@
+"""Find and read every run's ``metrics.json`` (docs/contracts.md §3) under a folder, and group the runs.
+
+Tolerant by design: a sweep is often read while jobs are still running or after some crashed. Runs in progress
+(``status: running``, or a Hydra job folder with ``.hydra/`` but no metrics.json yet), failed and diverged runs
+are kept and counted; unreadable or malformed files become ``Problem`` entries. Nothing here raises on bad input.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+METRICS_FILE = "metrics.json"
+STATUSES = ("running", "completed", "diverged", "failed")
+# Defaults when a metrics file lacks task.metric / higher_is_better (contract §3: bleu ↑ for translation, ppl ↓ for LM).
+TASK_DEFAULTS = {"translation": ("bleu", True), "lm": ("ppl", False)}
+# Kernel options that choose how a kernel is computed, not which kernel it is; they do not split groups.
+NON_IDENTITY_PARAMS = frozenset({"label", "path"})
+
+
+@dataclass
+class Run:
+    """One run folder's metrics.json, flattened to what the report uses."""
+
+    path: Path
+    status: str
+    status_reason: str
+    task: str
+    task_type: str
+    metric: str
+    higher_is_better: bool
+    kernel_name: str
+    kernel_label: str
+    kernel_params: dict[str, Any]
+    feature_dim: float | None  # math.inf for infinite, None if the file does not say
+    symmetric: bool | None
+    positive_definite: bool | None
+    seed: int | None
+    model_params: int | None
+    head_dim: int | None
+    tokens_per_s: float | None
+    value: float | None  # test.<metric>, else valid.best_<metric>
+    value_source: str | None  # "test" | "valid" | None
+    bleu_stats: list[list[float]] | None
+    history: list[dict[str, Any]]
+    updated_at: str
+
+    @property
+    def identity_params(self) -> dict[str, Any]:
+        return {k: v for k, v in sorted(self.kernel_params.items()) if k not in NON_IDENTITY_PARAMS}
+
+
+@dataclass
+class Problem:
+    """A run that could not be read (``unreadable``/``invalid``) or has no metrics.json yet (``no_metrics``)."""
+
+    path: Path
+    kind: str
+    reason: str
+
+
+@dataclass
+class KernelGroup:
+    """All runs of one kernel configuration on one task, across seeds."""
+
+    task: str
+    name: str  # registered kernel name
+    label: str  # display label (label or name, disambiguated with params when needed)
+    params: dict[str, Any]
+    runs: list[Run] = field(default_factory=list)
+
+    def by_status(self, status: str) -> list[Run]:
+        return [r for r in self.runs if r.status == status]
+
+    @property
+    def completed(self) -> list[Run]:
+        """Completed runs with a metric value, one per seed (the latest if a seed was run twice), by seed."""
+        best: dict[Any, Run] = {}
+        for r in self.runs:
+            if r.status != "completed" or r.value is None:
+                continue
+            key = r.seed if r.seed is not None else str(r.path)
+            if key not in best or (r.updated_at, str(r.path)) > (best[key].updated_at, str(best[key].path)):
+                best[key] = r
+        return sorted(best.values(), key=lambda r: (r.seed is None, r.seed or 0, str(r.path)))
+
+    @property
+    def values(self) -> list[float]:
+        return [r.value for r in self.completed if r.value is not None]
+
+    def first(self, attr: str) -> Any:
+        """The first non-None ``attr`` among the runs (kernel properties are the same for every seed)."""
+        return next((getattr(r, attr) for r in self.runs if getattr(r, attr) is not None), None)
+
+    @property
+    def feature_dim(self) -> float | None:
+        return self.first("feature_dim")
+
+    @property
+    def is_infinite(self) -> bool | None:
+        fd = self.feature_dim
+        return None if fd is None else math.isinf(fd)
+
+
+@dataclass
+class Collection:
+    """Everything found under one folder."""
+
+    root: Path
+    runs: list[Run]
+    problems: list[Problem]
+
+    @property
+    def n_metrics_files(self) -> int:
+        return len(self.runs) + sum(p.kind in ("unreadable", "invalid") for p in self.problems)
+
+
+def _get(d: Any, *keys: str) -> Any:
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+def _number(x: Any) -> float | None:
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+        return None
+    return float(x)
+
+
+def _feature_dim(x: Any) -> float | None:
+    if x == "inf" or (isinstance(x, float) and math.isinf(x)):
+        return math.inf
+    n = _number(x)
+    return None if n is None else n
+
+
+def parse_metrics(data: Any, path: Path) -> Run:
+    """Turn a decoded metrics.json into a ``Run``; raises ``ValueError`` naming the missing field."""
+    if not isinstance(data, dict):
+        raise ValueError("top level is not a JSON object")
+    status = data.get("status")
+    if status not in STATUSES:
+        raise ValueError(f"status {status!r} is not one of {', '.join(STATUSES)}")
+    task = _get(data, "task", "name")
+    kernel = _get(data, "kernel", "name")
+    if not isinstance(task, str) or not isinstance(kernel, str):
+        raise ValueError("task.name and kernel.name are required")
+    task_type = _get(data, "task", "type") or "translation"
+    default_metric, default_hib = TASK_DEFAULTS.get(task_type, ("bleu", True))
+    metric = _get(data, "task", "metric") or default_metric
+    hib = _get(data, "task", "higher_is_better")
+    value, source = _number(_get(data, "test", metric)), "test"
+    if value is None:
+        value, source = _number(_get(data, "valid", f"best_{metric}")), "valid"
+    stats = _get(data, "test", "bleu_stats")
+    history = _get(data, "valid", "history")
+    seed = _get(data, "seed")
+    props = _get(data, "kernel", "properties") or {}
+    return Run(
+        path=path,
+        status=status,
+        status_reason=str(data.get("status_reason") or ""),
+        task=task,
+        task_type=task_type,
+        metric=metric,
+        higher_is_better=bool(default_hib if hib is None else hib),
+        kernel_name=kernel,
+        kernel_label=str(_get(data, "kernel", "label") or kernel),
+        kernel_params=dict(_get(data, "kernel", "params") or {}),
+        feature_dim=_feature_dim(props.get("feature_dim")) if isinstance(props, dict) else None,
+        symmetric=props.get("symmetric") if isinstance(props, dict) else None,
+        positive_definite=props.get("positive_definite") if isinstance(props, dict) else None,
+        seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
+        model_params=_get(data, "model", "params"),
+        head_dim=_get(data, "model", "head_dim"),
+        tokens_per_s=_number(_get(data, "train", "tokens_per_s")),
+        value=value,
+        value_source=source if value is not None else None,
+        bleu_stats=stats if isinstance(stats, list) and stats else None,
+        history=[h for h in history if isinstance(h, dict)] if isinstance(history, list) else [],
+        updated_at=str(_get(data, "run", "updated_at") or ""),
+    )
+
+
+def collect_runs(root: Path | str) -> Collection:
+    """Read every ``metrics.json`` below ``root`` (recursively; ``root`` may itself be a run folder) and note
+    Hydra job folders that have none yet. Never raises on a bad file: it becomes a ``Problem``."""
+    root = Path(root)
+    runs: list[Run] = []
+    problems: list[Problem] = []
+    for path in sorted(root.rglob(METRICS_FILE)):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            # A truncated file (job killed mid-write without the atomic rename) lands here.
+            problems.append(Problem(path.parent, "unreadable", f"{type(e).__name__}: {e}"))
+            continue
+        try:
+            runs.append(parse_metrics(data, path.parent))
+        except (ValueError, TypeError, AttributeError) as e:
+            problems.append(Problem(path.parent, "invalid", str(e)))
+    for hydra_dir in sorted(root.rglob(".hydra")):
+        job = hydra_dir.parent
+        if hydra_dir.is_dir() and not (job / METRICS_FILE).exists():
+            problems.append(Problem(job, "no_metrics", "job folder without metrics.json (still starting, or killed)"))
+    return Collection(root=root, runs=runs, problems=problems)
+
+
+def _display(label: str, params: dict[str, Any]) -> str:
+    if not params:
+        return label
+    return f"{label}(" + ", ".join(f"{k}={v}" for k, v in params.items()) + ")"
+
+
+def group_runs(runs: Iterable[Run]) -> dict[str, list[KernelGroup]]:
+    """Group runs by task, then by kernel (label, or name) + identity params; seeds are the runs of a group.
+
+    A label shared by two parameter settings on one task gets the params appended so rows stay distinct."""
+    groups: dict[str, dict[tuple[str, str, str], KernelGroup]] = {}
+    for r in runs:
+        params = r.identity_params
+        key = (r.kernel_name, r.kernel_label, json.dumps(params, sort_keys=True, default=str))
+        task_groups = groups.setdefault(r.task, {})
+        if key not in task_groups:
+            task_groups[key] = KernelGroup(r.task, r.kernel_name, r.kernel_label, params)
+        task_groups[key].runs.append(r)
+    out: dict[str, list[KernelGroup]] = {}
+    for task in sorted(groups):
+        gs = list(groups[task].values())
+        labels = [g.label for g in gs]
+        for g in gs:
+            if labels.count(g.label) > 1:
+                g.label = _display(g.label, g.params)
+        out[task] = gs
+    return out

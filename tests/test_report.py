@@ -1,0 +1,368 @@
+"""The comparison report on hand-made metrics.json files (docs/contracts.md §3).
+
+Data: a translation task (BLEU from real sacreBLEU sentence stats, so the paired bootstrap has something to
+resample) and an LM task (perplexities chosen by hand), 3 seeds per kernel. On both, edp clearly beats one finite
+kernel; on translation it ties another (same noise level), on LM the infinite group wins.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import subprocess
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from kernel_attention.evaluation.bleu import bleu_from_stats, bleu_stats
+from kernel_attention.report import build_report, collect_runs, group_runs
+from kernel_attention.report.tables import p_eq
+
+REPO = Path(__file__).resolve().parents[1]
+PROPS = {  # kernel label -> (name, params, feature_dim at head_dim 16, symmetric, positive_definite)
+    "edp": ("edp", {}, "inf", False, True),
+    "rbf": ("rbf", {"gamma": 1.0}, "inf", True, True),
+    "linear": ("linear", {}, 16, True, True),
+    "quadratic": ("polynomial", {"p": 2, "label": "quadratic"}, 153, True, True),
+    "taylor": ("taylor", {"order": 2}, 153, False, False),
+}
+LM_PPL = {  # hand-picked: edp mean 21, sample std 1 (population std would be 0.816)
+    "edp": [20.0, 21.0, 22.0],
+    "rbf": [22.0, 23.0, 24.0],
+    "linear": [30.0, 31.0, 32.5],
+    "taylor": [26.0, 27.0, 28.5],
+}
+MT_NOISE = {"edp": 0.15, "rbf": 0.17, "linear": 0.15, "quadratic": 0.45}  # share of words replaced
+SEEDS = (1, 2, 3)
+
+
+def _refs(n: int = 120) -> list[str]:
+    rng = random.Random(0)
+    words = [f"w{i}" for i in range(50)]
+    return [" ".join(rng.choice(words) for _ in range(rng.randint(6, 12))) for _ in range(n)]
+
+
+def _hyps(refs: list[str], p: float, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(w if rng.random() >= p else "zz" for w in s.split()) for s in refs]
+
+
+def metrics(
+    task: str, label: str, seed: int, value: float | None, *, status: str = "completed", **extra: Any
+) -> dict[str, Any]:
+    """A metrics.json in the contract's schema."""
+    name, params, fd, sym, pd = PROPS[label]
+    lm = task == "wikitext2"
+    metric = "ppl" if lm else "bleu"
+    d: dict[str, Any] = {
+        "schema": 1,
+        "status": status,
+        "status_reason": extra.pop("reason", ""),
+        "run": {
+            "name": f"{label}-{seed}",
+            "group": "g",
+            "dir": "x",
+            "started_at": "2024-01-01T00:00:00",
+            "updated_at": extra.pop("updated_at", "2024-01-01T01:00:00"),
+        },
+        "kernel": {
+            "name": name,
+            "label": label,
+            "params": params,
+            "properties": {
+                "feature_dim": fd,
+                "symmetric": sym,
+                "positive_definite": pd,
+                "can_be_negative": label == "taylor",
+            },
+        },
+        "task": {"name": task, "type": "lm" if lm else "translation", "metric": metric, "higher_is_better": not lm},
+        "seed": seed,
+        "model": {"preset": "tiny", "params": 1_234_567, "d_model": 64, "heads": 4, "head_dim": 16},
+        "train": {
+            "updates": 300,
+            "epochs": 1.0,
+            "train_tokens": 9000,
+            "tokens_per_s": 1000.0 + seed,
+            "wall_time_s": 9.0,
+            "skipped_updates": 0,
+        },
+        "valid": {
+            "best_loss": 3.0,
+            f"best_{metric}": value,
+            "best_update": 300,
+            "history": [{"update": u, "loss": 6 - u / 100, metric: (value or 1) * u / 300} for u in (100, 200, 300)],
+        },
+        "env": {"git_commit": "abc", "torch": "2.13.0", "cuda": None, "device": "cpu", "python": "3.11"},
+    }
+    if status == "completed":
+        d["test"] = {"checkpoint": "best", "split": "test", "n": 120, metric: value, **extra}
+    return d
+
+
+def write(root: Path, d: dict[str, Any], sub: str | None = None) -> Path:
+    run = root / (sub or f"{d['task']['name']}/{d['kernel']['label']}/{d['seed']}")
+    (run / ".hydra").mkdir(parents=True, exist_ok=True)
+    (run / "metrics.json").write_text(json.dumps(d))
+    return run
+
+
+@pytest.fixture(scope="module")
+def mt_values() -> dict[str, list[float]]:
+    return {}
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory, mt_values: dict[str, list[float]]) -> Path:
+    root = tmp_path_factory.mktemp("sweep")
+    refs = _refs()
+    for label, p in MT_NOISE.items():
+        for seed in SEEDS:
+            stats = bleu_stats(_hyps(refs, p, 100 * seed + len(label)), refs)
+            bleu = bleu_from_stats(stats)
+            mt_values.setdefault(label, []).append(bleu)
+            write(root, metrics("multi30k", label, seed, bleu, bleu_stats=stats))
+    for label, ppls in LM_PPL.items():
+        for seed, ppl in zip(SEEDS, ppls):
+            write(root, metrics("wikitext2", label, seed, ppl))
+    # One diverged linear LM run: counted, not averaged.
+    write(root, metrics("wikitext2", "linear", 4, None, status="diverged", reason="loss is NaN at update 120"))
+    return root
+
+
+@pytest.fixture(scope="module")
+def report(sweep: Path) -> Any:
+    return build_report(sweep, command="python scripts/report.py SWEEP", n_samples=300)
+
+
+def _csv(report: Any, task: str) -> dict[str, dict[str, str]]:
+    with open(report.out_dir / f"{task}.csv", newline="") as f:
+        return {r["kernel"]: r for r in csv.DictReader(f)}
+
+
+def test_means_and_sample_stds(report: Any, mt_values: dict[str, list[float]]) -> None:
+    lm = {r.kernel: r.summary for r in report.tables["wikitext2"].rows}
+    assert lm["edp"].mean == pytest.approx(21.0) and lm["edp"].n == 3
+    assert lm["edp"].std == pytest.approx(1.0)  # ddof=1; ddof=0 would give 0.816
+    assert lm["linear"].mean == pytest.approx(np.mean(LM_PPL["linear"]))
+    assert lm["linear"].std == pytest.approx(np.std(LM_PPL["linear"], ddof=1))
+    mt = {r.kernel: r.summary for r in report.tables["multi30k"].rows}
+    for label, values in mt_values.items():
+        assert mt[label].mean == pytest.approx(np.mean(values))
+        assert mt[label].std == pytest.approx(np.std(values, ddof=1))
+
+
+def test_groups_and_order(report: Any) -> None:
+    rows = report.tables["multi30k"].rows
+    assert [(r.group, r.kernel) for r in rows] == [
+        ("infinite", "edp"), ("infinite", "rbf"), ("finite", "linear"), ("finite", "quadratic"),
+    ]  # fmt: skip
+    assert rows[0].is_baseline and not any(r.is_baseline for r in rows[1:])
+
+
+def test_significance_flags(report: Any) -> None:
+    mt = {r.kernel: r for r in report.tables["multi30k"].rows}
+    # edp clearly beats quadratic: both tests say so.
+    assert mt["quadratic"].welch_p < 0.05 and mt["quadratic"].bootstrap.p_value < 0.05
+    assert mt["quadratic"].flags == "*†" and mt["quadratic"].bootstrap.pairs == 3
+    assert mt["quadratic"].bootstrap.diff < -10
+    # linear has the same noise level as edp: a tie, no flag.
+    assert mt["linear"].welch_p > 0.05 and mt["linear"].bootstrap.p_value > 0.05
+    assert mt["linear"].flags == ""
+    lm = {r.kernel: r for r in report.tables["wikitext2"].rows}
+    expected = sps.ttest_ind(LM_PPL["edp"], LM_PPL["linear"], equal_var=False).pvalue
+    assert lm["linear"].welch_p == pytest.approx(expected) and lm["linear"].flags == "*"
+    assert lm["linear"].bootstrap is None  # no BLEU stats for LM
+    md = (report.out_dir / "multi30k.md").read_text()
+    assert "→ **edp better**" in md and "linear vs edp" in md and "→ **not significant**" in md
+
+
+def test_diverged_run_is_counted_not_averaged(report: Any) -> None:
+    lm = {r.kernel: r for r in report.tables["wikitext2"].rows}
+    assert lm["linear"].diverged == 1 and lm["linear"].summary.n == 3
+    assert "loss is NaN at update 120" in report.markdown
+
+
+def test_verdict_matches_numbers(report: Any) -> None:
+    lm = report.verdicts["wikitext2"]
+    assert lm.outcome == "infinite"
+    assert lm.best["infinite"].kernel == "edp" and lm.best["finite"].kernel == "taylor"
+    adv = np.mean(LM_PPL["taylor"]) - 21.0  # ppl: lower is better, so infinite is ahead by this much
+    assert lm.advantage == pytest.approx(adv)
+    p = sps.ttest_ind(LM_PPL["edp"], LM_PPL["taylor"], equal_var=False).pvalue
+    assert lm.welch_best == pytest.approx(p) and p < 0.05
+    assert "infinite feature dimension wins" in lm.text
+    assert f"infinite better by {adv:.2f} ppl (Welch {p_eq(p)})" in lm.text
+    assert "Best infinite edp 21.00 ± 1.00 (n=3) vs best finite taylor" in lm.text
+    mt = report.verdicts["multi30k"]
+    assert mt.outcome == "no significant difference"  # linear (finite) ties edp
+    assert mt.welch_best > 0.05 and mt.bootstrap_best is not None
+    assert "Across 2 task(s): infinite wins: 1 (wikitext2); no significant difference: 1 (multi30k)." in (
+        report.markdown
+    )
+
+
+def test_files_written_and_csv_parses_back(report: Any, mt_values: dict[str, list[float]]) -> None:
+    out = report.out_dir
+    assert out == report.root / "report"
+    for task in ("multi30k", "wikitext2"):
+        for suffix in (".md", ".csv", ".tex", "_metric_vs_featdim.png", "_valid_curves.png"):
+            f = out / f"{task}{suffix}"
+            assert f.is_file() and f.stat().st_size > 0, f
+        assert (out / f"{task}_valid_curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert not list(out.glob(".*tmp*"))  # atomic writes leave no temp files
+    lm = _csv(report, "wikitext2")
+    assert float(lm["edp"]["mean"]) == pytest.approx(21.0) and float(lm["edp"]["std"]) == pytest.approx(1.0)
+    assert lm["edp"]["feature_dim"] == "inf" and lm["taylor"]["feature_dim"] == "153"
+    assert lm["linear"]["diverged"] == "1" and lm["linear"]["n"] == "3" and lm["linear"]["seeds"] == "1;2;3"
+    assert lm["edp"]["welch_p"] == "" and float(lm["linear"]["welch_p"]) < 0.05
+    mt = _csv(report, "multi30k")
+    assert float(mt["quadratic"]["mean"]) == pytest.approx(np.mean(mt_values["quadratic"]))
+    assert int(mt["quadratic"]["bootstrap_pairs"]) == 3
+    tex = (out / "multi30k.tex").read_text()
+    assert r"\begin{tabular}" in tex and r"$\infty$" in tex and r"$^*$$^\dagger$" in tex
+    md = report.markdown
+    assert "python scripts/report.py SWEEP" in md and "![" in md
+    assert md == (out / "REPORT.md").read_text()
+
+
+def test_markdown_table_row(report: Any) -> None:
+    md = (report.out_dir / "wikitext2.md").read_text()
+    assert "| infinite | **edp** (baseline) | ∞ | no | yes | 21.00 ± 1.00 | 3 | 0 | 0 | 0 | 1.23M |" in md
+    assert "| finite | linear | 16 | yes | yes | 31.17 ± 1.26 * | 3 | 1 | 0 | 0 |" in md
+
+
+def _partial_sweep(root: Path) -> Path:
+    write(root, metrics("multi30k", "edp", 1, 30.0))
+    write(root, metrics("multi30k", "edp", 2, None, status="running"))
+    write(root, metrics("multi30k", "linear", 1, 25.0))
+    write(root, metrics("multi30k", "linear", 2, None, status="diverged", reason="loss is NaN"))
+    write(root, metrics("multi30k", "linear", 3, None, status="failed", reason="CUDA OOM"))
+    (root / "multi30k/rbf/1/.hydra").mkdir(parents=True)  # job started, no metrics.json yet
+    trunc = root / "multi30k/quadratic/1"
+    trunc.mkdir(parents=True)
+    (trunc / "metrics.json").write_text('{"schema": 1, "status": "compl')  # killed mid-write
+    bad = root / "multi30k/taylor/1"
+    bad.mkdir(parents=True)
+    (bad / "metrics.json").write_text('{"schema": 1, "status": "exploded"}')
+    return root
+
+
+def test_partial_sweep_reports_diverged_and_running(tmp_path: Path) -> None:
+    rep = build_report(_partial_sweep(tmp_path), n_samples=50)
+    rows = {r.kernel: r for r in rep.tables["multi30k"].rows}
+    assert (rows["edp"].summary.n, rows["edp"].running) == (1, 1)
+    assert (rows["linear"].summary.n, rows["linear"].diverged, rows["linear"].failed) == (1, 1, 1)
+    kinds = {p.path.name if p.kind != "no_metrics" else "rbf": p.kind for p in rep.collection.problems}
+    assert sorted(p.kind for p in rep.collection.problems) == ["invalid", "no_metrics", "unreadable"]
+    assert kinds["rbf"] == "no_metrics"
+    md = rep.markdown
+    assert "**diverged**: loss is NaN" in md and "**failed**: CUDA OOM" in md and "**running**" in md
+    assert "running (no metrics.json yet)" in md and "**unreadable**" in md and "**invalid**" in md
+    v = rep.verdicts["multi30k"]
+    assert v.outcome == "inconclusive" and "inconclusive: n=1 seed" in v.text
+    assert "infinite ahead" in v.text  # 30 > 25 BLEU, said, but not claimed as a win
+    assert rows["linear"].welch_p is None and "n/a" in (rep.out_dir / "multi30k.md").read_text()
+    assert (rep.out_dir / "multi30k_metric_vs_featdim.png").is_file()
+
+
+def test_only_one_group_gives_no_comparison(tmp_path: Path) -> None:
+    for seed in SEEDS:
+        write(tmp_path, metrics("wikitext2", "edp", seed, 20.0 + seed))
+    v = build_report(tmp_path, plots=False).verdicts["wikitext2"]
+    assert v.outcome == "no comparison" and "no completed finite-feature-dimension kernel" in v.text
+
+
+def test_grouping_by_params_and_latest_duplicate_seed(tmp_path: Path) -> None:
+    a = metrics("wikitext2", "rbf", 1, 30.0)
+    b = metrics("wikitext2", "rbf", 1, 40.0)
+    b["kernel"]["params"] = {"gamma": 0.5, "path": "exact"}
+    old = metrics("wikitext2", "rbf", 1, 99.0, updated_at="2023-01-01T00:00:00")
+    c = metrics("wikitext2", "rbf", 2, 50.0)
+    c["kernel"]["params"] = {"gamma": 0.5, "path": "fast"}  # path does not split a kernel
+    for i, d in enumerate((a, b, old, c)):
+        write(tmp_path, d, sub=f"run{i}")
+    groups = {g.label: g for g in group_runs(collect_runs(tmp_path).runs)["wikitext2"]}
+    assert sorted(groups) == ["rbf(gamma=0.5)", "rbf(gamma=1.0)"]
+    assert groups["rbf(gamma=0.5)"].values == [40.0, 50.0]
+    assert groups["rbf(gamma=1.0)"].values == [30.0]  # the rerun of seed 1 replaced the older run
+
+
+def test_valid_fallback_is_marked(tmp_path: Path) -> None:
+    d = metrics("wikitext2", "edp", 1, 25.0)
+    del d["test"]  # not evaluated yet: report valid.best_ppl
+    write(tmp_path, d)
+    rep = build_report(tmp_path, plots=False)
+    assert rep.tables["wikitext2"].rows[0].value_source == "valid"
+    assert "25.00 ± n/aᵛ" in rep.markdown
+
+
+def test_wandb_table_is_logged_with_a_fake_wandb(report: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kernel_attention.report.wandb_log import log_to_wandb
+
+    logged: dict[str, Any] = {}
+
+    class FakeRun:
+        def __init__(self) -> None:
+            self.summary: dict[str, str] = {}
+
+        def log(self, d: dict[str, Any]) -> None:
+            logged.update(d)
+
+        def finish(self) -> None:
+            logged["finished"] = True
+
+    def init(**kw: Any) -> FakeRun:
+        logged["init"] = kw
+        return FakeRun()
+
+    fake = types.SimpleNamespace(init=init, Table=lambda columns, data: (columns, data))
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    assert log_to_wandb(report)
+    assert logged["init"]["mode"] == "offline" and logged["finished"]
+    columns, data = logged["report/wikitext2"]
+    row = dict(zip(columns, next(r for r in data if r[columns.index("kernel")] == "edp")))
+    assert float(row["mean"]) == pytest.approx(21.0) and row["n"] == "3"
+
+
+# ---- CLI ----------------------------------------------------------------------------------------------------
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "report.py"), *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_cli_missing_folder_exits_1_with_one_line(tmp_path: Path) -> None:
+    res = _cli(str(tmp_path / "nope"))
+    assert res.returncode == 1
+    assert res.stderr.strip().count("\n") == 0 and "does not exist" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_cli_prints_tables_and_verdict(tmp_path: Path, capsys: Any) -> None:
+    import runpy
+
+    empty = tmp_path / "empty"
+    (empty / "a" / ".hydra").mkdir(parents=True)
+    main = runpy.run_path(str(REPO / "scripts" / "report.py"))["main"]
+    assert main([str(empty)]) == 1
+    assert "no metrics.json" in capsys.readouterr().err
+    for seed in (1, 2):
+        write(tmp_path / "s", metrics("wikitext2", "edp", seed, 20.0 + seed))
+        write(tmp_path / "s", metrics("wikitext2", "linear", seed, 30.0 + seed))
+    assert main([str(tmp_path / "s"), "--no-plots"]) == 0
+    out = capsys.readouterr().out
+    assert "| infinite | **edp** (baseline) | ∞ |" in out and "## Verdict" in out
+    p = sps.ttest_ind([21.0, 22.0], [31.0, 32.0], equal_var=False).pvalue
+    assert "infinite feature dimension wins. Best infinite edp 21.50 ± 0.71 (n=2)" in out
+    assert f"infinite better by 10.00 ppl (Welch {p_eq(p)})" in out
+    report_md = (tmp_path / "s" / "report" / "REPORT.md").read_text()
+    assert "`python scripts/report.py " in report_md and "--no-plots" in report_md
+    with open(tmp_path / "s/report/wikitext2.csv", newline="") as f:
+        assert [float(r["mean"]) for r in csv.DictReader(f)] == [21.5, 31.5]
