@@ -366,3 +366,33 @@ def test_cli_prints_tables_and_verdict(tmp_path: Path, capsys: Any) -> None:
     assert "`python scripts/report.py " in report_md and "--no-plots" in report_md
     with open(tmp_path / "s/report/wikitext2.csv", newline="") as f:
         assert [float(r["mean"]) for r in csv.DictReader(f)] == [21.5, 31.5]
+
+
+def test_featdim_plot_puts_infinite_kernels_past_the_right_edge(report: Any) -> None:
+    from kernel_attention.report.plots import metric_vs_featdim
+
+    fig = metric_vs_featdim(report.tables["multi30k"])
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log"
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert labels[-1] == "∞"
+    x_inf = ax.get_xticks()[-1]
+    assert x_inf > 153  # beyond the largest finite dimension (quadratic)
+    xs = {}
+    for line in ax.lines:
+        data = line.get_xdata()
+        if len(data) == 1:
+            xs.setdefault(float(data[0]), []).append(float(line.get_ydata()[0]))
+    means = {r.kernel: r.summary.mean for r in report.tables["multi30k"].rows}
+    assert means["linear"] in xs[16.0] and means["quadratic"] in xs[153.0]
+    assert means["edp"] in xs[x_inf]  # the baseline sits exactly on the ∞ tick
+
+
+def test_task_without_completed_runs_does_not_crash(tmp_path: Path) -> None:
+    write(tmp_path, metrics("wikitext2", "edp", 1, None, status="running"))
+    write(tmp_path, metrics("wikitext2", "linear", 1, None, status="failed", reason="OOM"))
+    rep = build_report(tmp_path, n_samples=10)
+    rows = {r.kernel: r for r in rep.tables["wikitext2"].rows}
+    assert rows["edp"].running == 1 and rows["linear"].failed == 1 and rows["edp"].summary.n == 0
+    assert rep.verdicts["wikitext2"].outcome == "no comparison"
+    assert (rep.out_dir / "wikitext2_metric_vs_featdim.png").is_file()

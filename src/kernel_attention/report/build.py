@@ -159,11 +159,11 @@ def build_report(
     Raises ``ReportError`` if ``folder`` is not a directory or holds no metrics.json at all."""
     root = Path(folder)
     if not root.is_dir():
-        raise ReportError(f"report: folder {str(root)!r} does not exist or is not a directory")
+        raise ReportError(f"folder {str(root)!r} does not exist or is not a directory")
     out = Path(out_dir) if out_dir is not None else root / "report"
     c = collect_runs(root)
     if c.n_metrics_files == 0:
-        raise ReportError(f"report: no metrics.json found under {str(root)!r}; nothing to report")
+        raise ReportError(f"no metrics.json found under {str(root)!r}; nothing to report")
 
     tables: dict[str, TaskTable] = {}
     verdicts: dict[str, TaskVerdict] = {}
