@@ -1,0 +1,66 @@
+"""Score a trained run: ``python evaluate.py run_dir=<run folder> [checkpoint=avg beam=5 lenpen=1.0 split=test]``.
+
+A thin Hydra entry point over ``kernel_attention.evaluation.evaluate_run`` (options: conf/evaluate.yaml). Bad
+input prints one line to stderr naming the fix and exits 1 without writing anything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from kernel_attention.data import DataError
+from kernel_attention.evaluation import EvaluationError, evaluate_run
+from kernel_attention.registry import ConfigError, config_from_mapping
+
+
+@dataclass
+class EvaluateOptions:
+    """conf/evaluate.yaml, typed: a wrong key or type fails with one line listing what is allowed."""
+
+    run_dir: str
+    checkpoint: str = "best"
+    split: str = "test"
+    beam: int = 5
+    lenpen: float = 1.0
+    max_len_a: float | None = None
+    max_len_b: int | None = None
+    max_tokens: int | None = None
+    batch_size: int = 128
+    no_unk: bool = False
+    use_cache: bool = True
+    lm_stride: int | None = None
+    data_dir: str | None = None
+    device: str = "auto"
+
+
+def _summary(res: dict) -> str:
+    head = f"{res['split']} ({res['checkpoint']}, n={res['n']})"
+    if "bleu" in res:
+        tok = f"  tok BLEU {res['tok_bleu']:.2f}" if "tok_bleu" in res else ""
+        return f"{head}: BLEU {res['bleu']:.2f}{tok}  chrF {res['chrf']:.2f}  [{res['bleu_signature']}]"
+    bpc = f"  bpc {res['bpc']:.4f}" if "bpc" in res else ""
+    return f"{head}: loss {res['loss']:.4f}  ppl {res['ppl']:.2f}{bpc}"
+
+
+@hydra.main(config_path="conf", config_name="evaluate", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    try:
+        if OmegaConf.is_missing(cfg, "run_dir"):
+            raise EvaluationError("run_dir is missing; pass run_dir=<a run folder, e.g. "
+                                  "outputs/multi30k/transformer_small/edp/seed1>")
+        opts = config_from_mapping(EvaluateOptions, OmegaConf.to_container(cfg, resolve=True), "evaluate")  # type: ignore[arg-type]
+        res = evaluate_run(**dataclasses.asdict(opts))
+    except (EvaluationError, ConfigError, DataError, OmegaConfBaseException, ValueError, TypeError) as e:
+        print(f"evaluate: error: {e}".splitlines()[0], file=sys.stderr)
+        sys.exit(1)
+    print(f"{_summary(res)}  → {cfg.run_dir}/metrics.json")
+
+
+if __name__ == "__main__":
+    main()
