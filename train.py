@@ -1,0 +1,122 @@
+"""Train one Transformer with a given attention kernel on a given task.
+
+    python train.py                                             # edp on Multi30k, transformer_small
+    python train.py kernel=rbf task=iwslt model=transformer_iwslt_de_en trainer=paper
+    python train.py -m kernel=edp,rbf,ei seed=1,2,3             # a sweep (relaunch: skips done, resumes rest)
+    python train.py -m hydra/launcher=slurm sweep=kernels ...   # the same on SLURM (conf/hydra/launcher/)
+    torchrun --nproc_per_node=2 train.py ...                    # DDP
+    python train.py --cfg job                                   # show the resolved config
+
+Hydra stays in this file: the composed config is converted at once into ``kernel_attention.config.TrainConfig``
+(validated; a bad option is one line on stderr and exit code 2 before any work) and handed to the library.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from kernel_attention.config import TrainConfig, register_schemas
+from kernel_attention.registry import ConfigError
+
+log = logging.getLogger("kernel_attention.train")
+
+# `${ka.first:a,b}`: the first non-empty argument (run folders use the kernel's label, else its name).
+OmegaConf.register_new_resolver("ka.first", lambda *xs: next((x for x in xs if x not in (None, "")), ""),
+                                replace=True)
+register_schemas()
+
+# Set by a stop signal: the remaining jobs of an in-process sweep are not started.
+_STOPPED = False
+
+
+def _run_info(cfg: TrainConfig, multirun: bool) -> Any:
+    from kernel_attention.training.loop import RunInfo
+
+    label, task, preset = cfg.kernel_label, cfg.task.name, cfg.model.preset
+    group = cfg.logger.group or (cfg.sweep if multirun else task)
+    tags = [label, task, preset, f"seed{cfg.seed}", *cfg.logger.tags]
+    return RunInfo(name=f"{label}-{task}-{preset}-s{cfg.seed}", group=group, tags=tags)
+
+
+def _discard_empty_run_dir(run_dir: Path) -> None:
+    """A rejected command leaves no trace: Hydra created the folder and an empty train.log for it."""
+    log_file = run_dir / "train.log"
+    if log_file.is_file() and log_file.stat().st_size == 0 and {p.name for p in run_dir.iterdir()} == {"train.log"}:
+        logging.shutdown()
+        log_file.unlink()
+        run_dir.rmdir()
+
+
+@hydra.main(config_path="conf", config_name="train", version_base="1.3")
+def main(dcfg: DictConfig) -> str:
+    global _STOPPED
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    try:
+        cfg = TrainConfig.from_dict(OmegaConf.to_container(dcfg, resolve=True))  # type: ignore[arg-type]
+    except ConfigError:
+        _discard_empty_run_dir(run_dir)
+        raise
+    if _STOPPED:
+        log.warning("a stop signal was received earlier: not starting %s", run_dir)
+        return "interrupted"
+    from kernel_attention.training.loop import train
+
+    multirun = hc.mode == RunMode.MULTIRUN
+    record = {
+        "config.yaml": OmegaConf.to_yaml(dcfg, resolve=True),
+        "overrides.yaml": OmegaConf.to_yaml(list(hc.overrides.task)),
+    }
+    try:
+        status = train(cfg, run_dir, _run_info(cfg, multirun), record)
+    except ConfigError:
+        _discard_empty_run_dir(run_dir)
+        raise
+    _STOPPED = status == "interrupted"
+    return status
+
+
+def _one_line(exc: BaseException) -> str:
+    """Hydra/OmegaConf messages span several lines (full_key, object_type, ...): keep what names the fix."""
+    parts: list[str] = []
+    e: BaseException | None = exc
+    while e is not None and len(parts) < 3:
+        for line in str(e).splitlines():
+            line = line.strip()
+            if line and not line.startswith(("full_key", "object_type", "reference_type", "Set the environment")):
+                parts.append(line)
+        e = e.__cause__
+    return " ".join(dict.fromkeys(parts)) or type(exc).__name__
+
+
+def cli() -> int:
+    """Entry point: bad configuration = one line on stderr and exit code 2 (HYDRA_FULL_ERROR=1: a traceback)."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from kernel_attention.data import DataError
+
+    user_wants_trace = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing; we print one line below
+    try:
+        main()
+    except (ConfigError, DataError, HydraException, OmegaConfBaseException) as e:
+        if user_wants_trace:
+            raise
+        kind = "data error" if isinstance(e, DataError) else "config error"
+        print(f"{kind}: {_one_line(e)}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
