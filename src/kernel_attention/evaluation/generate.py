@@ -120,6 +120,7 @@ def beam_search(
     scores = torch.full((B, K), -math.inf, device=dev, dtype=torch.float64)  # (B, K) summed log-probs
     scores[:, 0] = 0.0
     sent = torch.arange(B, device=dev)  # (b,) original index of every sentence still in the batch
+    n_finished = torch.zeros(B, dtype=torch.long)  # (b,) on the CPU: updated element-wise below
 
     step = 0
     while sent.numel() > 0:
@@ -133,7 +134,6 @@ def beam_search(
         is_eos = cand_tok.eq(ids.eos) & torch.isfinite(cand_scores)  # (b, 2K)
 
         # Finished hypotheses: EOS candidates ranked within the top K (fairseq's rule), best first.
-        done = torch.zeros(b, dtype=torch.bool, device=dev)  # (b,)
         length_norm = float(step + 1) ** cfg.lenpen  # generated tokens including this EOS
         for i, r in is_eos[:, :K].nonzero().tolist():
             out = finished[int(sent[i])]
@@ -141,8 +141,8 @@ def beam_search(
                 row = i * K + int(cand_beam[i, r])
                 raw = float(cand_scores[i, r])
                 out.append(Hypothesis(tokens[row, 1:].tolist(), raw / length_norm, raw))
-        for i in range(b):
-            done[i] = len(finished[int(sent[i])]) >= K or step >= int(max_len[i])
+                n_finished[i] += 1
+        done = n_finished.to(dev).ge(K) | max_len.le(step)  # (b,)
 
         # The K best non-EOS candidates live on: push EOS ranks behind every other one, keep the first K.
         rank = torch.arange(cand_scores.shape[1], device=dev).expand(b, -1) + is_eos.long() * 2 * K  # (b, 2K)
@@ -162,7 +162,7 @@ def beam_search(
             cache.reorder(order)
         if alive.numel() < b:  # sentences left: shrink what is indexed by sentence
             enc = _select_encoder(enc, (alive * K).repeat_interleave(K))
-            sent, max_len = sent[alive], max_len[alive]
+            sent, max_len, n_finished = sent[alive], max_len[alive], n_finished[alive.cpu()]
         step += 1
 
     for out in finished:
