@@ -337,15 +337,27 @@ def test_bf16_runs_and_stays_close_to_float32(path: Path) -> None:
     kern = make(path)
     q, k, v = qkv(2, 2, 16, 16, dtype=torch.float32)
     kpm = padding(2, 16)
-    ref = kern(q, k, v, causal=True, key_padding_mask=kpm)  # (B, H, T, Dv)
-    qb, kb, vb = (t.to(torch.bfloat16).requires_grad_() for t in (q, k, v))
-    out = kern(qb, kb, vb, causal=True, key_padding_mask=kpm)
-    assert out.dtype == torch.bfloat16
-    out.float().sum().backward()
-    assert all(torch.isfinite(t.grad).all() for t in (qb, kb, vb))
-    # Outputs are computed in float32 and rounded once to bf16: |out| ≲ 4 has an ulp of 2^-6 ≈ 0.016.
-    err = (out.float() - ref).abs().max().item()
-    assert err < 0.03, f"bf16 vs float32 max error {err:.3f}"
+    ref = kern(q, k, v, causal=True, key_padding_mask=kpm, path="exact")  # (B, H, T, Dv)
+    for p in paths_of(kern):
+        qb, kb, vb = (t.to(torch.bfloat16).requires_grad_() for t in (q, k, v))
+        out = kern(qb, kb, vb, causal=True, key_padding_mask=kpm, path=p)
+        assert out.dtype == torch.bfloat16
+        out.float().sum().backward()
+        assert all(torch.isfinite(t.grad).all() for t in (qb, kb, vb))
+        # Computed in float32, rounded once to bf16 at the end: |out| ≲ 4 has an ulp of 2^-6 ≈ 0.016.
+        err = (out.float() - ref).abs().max().item()
+        assert err < 0.03, f"{p}: bf16 vs float32 max error {err:.3f}"
+
+
+@pytest.mark.parametrize("path", YAMLS, ids=YAML_IDS)
+def test_auto_runs_exact_on_small_problems_and_default_path_beyond(path: Path) -> None:
+    kern = make(path)
+    assert kern.resolve_path(1, 1) == ("exact" if kern.auto_exact_below >= 1 else kern.default_path)
+    assert kern.resolve_path(4096, 4096) == kern.default_path != "exact"
+    assert kern.resolve_path(4096, 4096, "exact") == "exact"
+    # And auto gives the same numbers as the path it picked.
+    q, k, v = qkv(1, 2, 20, 20)
+    torch.testing.assert_close(kern(q, k, v, causal=True), kern(q, k, v, causal=True, path=kern.resolve_path(20, 20)))
 
 
 def test_random_features_error_vs_edp_falls_with_m() -> None:
@@ -398,14 +410,14 @@ def test_taylor_approaches_edp_as_p_grows() -> None:
 
 
 @pytest.mark.parametrize("path", YAMLS, ids=YAML_IDS)
-def test_default_path_keeps_linear_memory_for_backward(path: Path) -> None:
-    """What the default path keeps for backward grows linearly in T (the exact reference: quadratically)."""
+def test_fast_path_keeps_linear_memory_for_backward(path: Path) -> None:
+    """What the fast path keeps for backward grows linearly in T (the exact reference: quadratically)."""
     kern = make(path)
     if kern.name in ("edp", "rbf"):
         pytest.skip("SDPA: what it saves is PyTorch's backend choice (flash on GPU)")
     kern.block_q = kern.block_k = 64
 
-    def largest_saved(T: int, path_name: str | None) -> int:
+    def largest_saved(T: int, path_name: str) -> int:
         sizes: list[int] = []
 
         def pack(t: torch.Tensor) -> torch.Tensor:
@@ -413,6 +425,7 @@ def test_default_path_keeps_linear_memory_for_backward(path: Path) -> None:
             return t
 
         q, k, v = qkv(1, 2, T, T, dtype=torch.float32, grad=True)
+        assert kern.resolve_path(T, T, path_name) == path_name
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             out = kern(q, k, v, causal=True, path=path_name)  # (1, 2, T, Dv)
         out.sum().backward()
@@ -420,6 +433,6 @@ def test_default_path_keeps_linear_memory_for_backward(path: Path) -> None:
         return max(sizes)
 
     # T large enough that T² outgrows T·F for the finite-feature kernels (F = 256 random features).
-    fast = largest_saved(512, None) / largest_saved(256, None)
+    fast = largest_saved(512, "fast") / largest_saved(256, "fast")
     exact = largest_saved(512, "exact") / largest_saved(256, "exact")
     assert fast <= 2.05 and exact >= 3.9, (fast, exact)

@@ -46,7 +46,8 @@ ScoreMod = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
 class KernelConfig:
     """Options every kernel has. Subclasses add their own (scales, degrees, ...) and extend ``validate``."""
 
-    # Which attention path to run: auto (the kernel's default fast path), exact, fast, linear or flex.
+    # Which attention path to run: auto (exact on small Tq·Tk, else the kernel's default_path), exact, fast,
+    # linear or flex.
     path: str = "auto"
     # Display name in logs and reports; empty = the registered name. Presets set it (quadratic = p=2).
     label: str = ""
@@ -130,8 +131,11 @@ class Kernel(nn.Module):
     symmetric: ClassVar[bool]
     positive_definite: ClassVar[bool]
     can_be_negative: ClassVar[bool] = False
-    # The path that ``path=auto`` runs.
+    # The path that ``path=auto`` runs, except on problems with Tq·Tk <= auto_exact_below: there κ is cheap to
+    # hold and the one-shot reference is the quickest path on CPU (short training sentences, cached decoding);
+    # the tiled and linear paths win from T ≈ 512 resp. 128 on and bound memory beyond that.
     default_path: ClassVar[str] = "fast"
+    auto_exact_below: ClassVar[int] = 256 * 256
     # Tile sizes of the generic fast path (queries × keys): memory O(B·H·tile²), few enough Python steps.
     block_q: ClassVar[int] = 256
     block_k: ClassVar[int] = 256
@@ -197,9 +201,7 @@ class Kernel(nn.Module):
         path: str | None = None,
     ) -> Tensor:
         """Kernel attention: q (B, H, Tq, D), k (B, H, Tk, D), v (B, H, Tk, Dv) → (B, H, Tq, Dv)."""
-        path = path or self.cfg.path
-        if path == "auto":
-            path = self.default_path
+        path = self.resolve_path(q.shape[-2], k.shape[-2], path)
         if path not in PATHS:
             raise ConfigError(f"unknown attention path {path!r}; choose one of: {', '.join(PATHS)}")
         if path == "linear" and not self.has_feature_map:
@@ -211,6 +213,13 @@ class Kernel(nn.Module):
         run = getattr(self, path)
         out = run(q32, k32, v32, causal=causal, key_padding_mask=key_padding_mask)  # (B, H, Tq, Dv)
         return out.to(v.dtype)
+
+    def resolve_path(self, Tq: int, Tk: int, path: str | None = None) -> str:
+        """The path a call runs: ``path`` (or the configured one), with auto resolved for this problem size."""
+        path = path or self.cfg.path
+        if path == "auto":
+            return "exact" if Tq * Tk <= self.auto_exact_below else self.default_path
+        return path
 
     def exact(self, q: Tensor, k: Tensor, v: Tensor, *, causal: bool, key_padding_mask: Tensor | None) -> Tensor:
         """Reference path: materialise κ, zero masked keys, normalise."""

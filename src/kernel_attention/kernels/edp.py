@@ -45,6 +45,7 @@ class EDPKernel(Kernel):
     symmetric = True
     positive_definite = True
     can_be_negative = False
+    auto_exact_below = 0  # SDPA beats materialising κ at every size
 
     def feature_dim(self) -> float:
         return INF

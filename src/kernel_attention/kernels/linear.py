@@ -7,8 +7,8 @@ used as published (a positive scale of κ would cancel in the normaliser anyway)
 Properties on (q, k): symmetric (the same φ on both sides); positive definite (an explicit feature map makes
 every Gram matrix ΦΦᵀ ⪰ 0); never negative; feature dimension d.
 
-Paths: ``linear`` (default) is O(T·d·Dv) through φ (causal: chunked prefix sums); ``fast`` tiles the plain
-score φ(Q)φ(K)ᵀ (used for short sequences if chosen); ``exact`` is the reference.
+Paths: ``linear`` = ``fast`` (default for Tq·Tk > 128²) is O(T·d·Dv) through φ (causal: chunked prefix sums);
+``exact`` is the reference (and what ``auto`` runs on shorter inputs, where it is quicker).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ class LinearKernel(Kernel):
     positive_definite = True
     can_be_negative = False
     default_path = "linear"
+    auto_exact_below = 128 * 128  # measured crossover on CPU: exact wins at T = 32, linear 2× faster at T = 256
 
     def feature_dim(self) -> float:
         return self.head_dim
@@ -44,3 +45,6 @@ class LinearKernel(Kernel):
 
     def score(self, q: Tensor, k: Tensor) -> Tensor:
         return self.feature_map(q) @ self.feature_map(k).transpose(-2, -1)  # (B, H, Tq, Tk)
+
+    def fast(self, q: Tensor, k: Tensor, v: Tensor, *, causal: bool, key_padding_mask: Tensor | None) -> Tensor:
+        return self.linear(q, k, v, causal=causal, key_padding_mask=key_padding_mask)  # (B, H, Tq, Dv)

@@ -13,7 +13,7 @@ evaluation is deterministic. ω is a persistent buffer: checkpoints restore the 
 Properties on (q, k): symmetric; positive definite (explicit finite feature map); never negative; feature
 dimension m.
 
-Paths: ``linear`` (default) O(T·m·Dv); ``fast`` tiles the score; ``exact`` materialises φ(Q)φ(K)ᵀ. All paths
+Paths: ``linear`` = ``fast`` (default for Tq·Tk > 128²) O(T·m·Dv); ``exact`` materialises φ(Q)φ(K)ᵀ. All paths
 stabilise exp() as Performer does: queries by their own row max, keys by one max per (batch, head) — both are
 factors the normaliser cancels exactly, so paths agree with the unstabilised κ_ω.
 """
@@ -64,6 +64,7 @@ class RandomFeaturesKernel(Kernel):
     positive_definite = True
     can_be_negative = False
     default_path = "linear"
+    auto_exact_below = 128 * 128  # measured crossover on CPU (see kernels/linear.py)
 
     def __init__(self, cfg: RandomFeaturesConfig, head_dim: int) -> None:
         super().__init__(cfg, head_dim)
@@ -114,14 +115,7 @@ class RandomFeaturesKernel(Kernel):
         return self.smooth(w, v)  # (B, H, Tq, Dv)
 
     def fast(self, q: Tensor, k: Tensor, v: Tensor, *, causal: bool, key_padding_mask: Tensor | None) -> Tensor:
-        from kernel_attention.attention.chunked import chunked_kernel_attention
-
-        fq, fk = self._stable_features(q, k)  # (B, H, Tq, m), (B, H, Tk, m)
-        # Tile over the features themselves: the score of a tile is a matmul of feature rows.
-        return chunked_kernel_attention(
-            fq, fk, v, lambda a, b: a @ b.transpose(-2, -1), log_space=False, eps=self.eps,
-            causal=causal, key_padding_mask=key_padding_mask, block_q=self.block_q, block_k=self.block_k,
-        )  # (B, H, Tq, Dv)
+        return self.linear(q, k, v, causal=causal, key_padding_mask=key_padding_mask)  # (B, H, Tq, Dv)
 
     def linear(self, q: Tensor, k: Tensor, v: Tensor, *, causal: bool, key_padding_mask: Tensor | None) -> Tensor:
         from kernel_attention.attention.feature_map import linear_attention

@@ -40,6 +40,7 @@ class RBFKernel(Kernel):
     symmetric = True
     positive_definite = True
     can_be_negative = False
+    auto_exact_below = 0  # SDPA beats materialising κ at every size
 
     def feature_dim(self) -> float:
         return INF
