@@ -11,7 +11,7 @@ distinct points are strictly PD for any number of points).
 
 Fast path: an exact reduction to SDPA. With q' = [q, 1] and k' = [k, −‖k‖²/2], q'·k'/√d = q·k/√d − ‖k‖²/(2√d),
 which differs from log κ only by −‖q‖²/(2√d), a per-row constant the normaliser cancels. The extra coordinate is
-zero-padded to a multiple of 8 so fused GPU kernels accept the head size.
+zero-padded to a multiple of 8 (and v to the same width) so fused kernels accept the head size.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from kernel_attention.attention.distances import sq_dists
@@ -54,10 +55,13 @@ class RBFKernel(Kernel):
         half_kk = 0.5 * (k * k).sum(dim=-1, keepdim=True)  # (B, H, Tk, 1)
         q_aug = torch.cat([q, torch.ones_like(q[..., :1]), q.new_zeros(*q.shape[:-1], extra - 1)], dim=-1)
         k_aug = torch.cat([k, -half_kk, k.new_zeros(*k.shape[:-1], extra - 1)], dim=-1)  # (B, H, Tk, D+extra)
-        # q_aug (B, H, Tq, D+extra). The scale stays 1/√d of the ORIGINAL head size.
-        return sdpa(
-            q_aug, k_aug, v, causal=causal, key_padding_mask=key_padding_mask, scale=1.0 / math.sqrt(D)
-        )  # (B, H, Tq, Dv)
+        # q_aug (B, H, Tq, D+extra). The scale stays 1/√d of the ORIGINAL head size. v is zero-padded to the
+        # same width when Dv == D, because fused kernels (flash on CPU and GPU) want one head size for q, k, v;
+        # otherwise SDPA falls back to the math path, which materialises the (Tq, Tk) weights.
+        Dv = v.shape[-1]
+        v_in = F.pad(v, (0, D + extra - Dv)) if Dv <= D + extra else v  # (B, H, Tk, D+extra)
+        out = sdpa(q_aug, k_aug, v_in, causal=causal, key_padding_mask=key_padding_mask, scale=1.0 / math.sqrt(D))
+        return out[..., :Dv]  # (B, H, Tq, Dv)
 
     def flex_score_mod(self, q: Tensor, k: Tensor) -> ScoreMod:
         penalty = (k * k).sum(dim=-1) / (2.0 * math.sqrt(self.head_dim))  # (B, H, Tk)
