@@ -17,7 +17,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -32,6 +32,19 @@ log = logging.getLogger("kernel_attention.train")
 # `${ka.first:a,b}`: the first non-empty argument (run folders use the kernel's label, else its name).
 OmegaConf.register_new_resolver("ka.first", lambda *xs: next((x for x in xs if x not in (None, "")), ""),
                                 replace=True)
+
+
+def _safe_dirname(name: str) -> str:
+    """A sweep job's folder from its overrides: '/' can't be in a name; long ones keep a readable head + hash."""
+    import hashlib
+
+    safe = name.replace("/", "_").replace(os.sep, "_") or "default"
+    if len(safe) <= 120:
+        return safe
+    return f"{safe[:100]}-{hashlib.sha1(name.encode()).hexdigest()[:10]}"
+
+
+OmegaConf.register_new_resolver("ka.dirname", _safe_dirname, replace=True)
 register_schemas()
 
 # Set by a stop signal: the remaining jobs of an in-process sweep are not started.
@@ -48,12 +61,28 @@ def _run_info(cfg: TrainConfig, multirun: bool) -> Any:
 
 
 def _discard_empty_run_dir(run_dir: Path) -> None:
-    """A rejected command leaves no trace: Hydra created the folder and an empty train.log for it."""
+    """A rejected command leaves no trace: Hydra created the folder (and its parents) and an empty train.log."""
     log_file = run_dir / "train.log"
-    if log_file.is_file() and log_file.stat().st_size == 0 and {p.name for p in run_dir.iterdir()} == {"train.log"}:
-        logging.shutdown()
-        log_file.unlink()
-        run_dir.rmdir()
+    if not (log_file.is_file() and log_file.stat().st_size == 0 and
+            {p.name for p in run_dir.iterdir()} == {"train.log"}):
+        return
+    logging.shutdown()
+    log_file.unlink()
+    stop = Path.cwd().resolve()
+    d = run_dir.resolve()
+    while d != stop and stop in d.parents and not any(d.iterdir()):
+        d.rmdir()
+        d = d.parent
+
+
+def _reject(run_dir: Path, e: Exception) -> NoReturn:
+    """One line on stderr, exit code 2 (SystemExit passes through Hydra without its own error report)."""
+    _discard_empty_run_dir(run_dir)
+    if os.environ.get("KA_FULL_ERROR") == "1":
+        raise e
+    kind = "data error" if type(e).__name__ == "DataError" else "config error"
+    print(f"{kind}: {_one_line(e)}", file=sys.stderr)
+    sys.exit(2)
 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
@@ -61,11 +90,12 @@ def main(dcfg: DictConfig) -> str:
     global _STOPPED
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
+    from kernel_attention.data import DataError
+
     try:
         cfg = TrainConfig.from_dict(OmegaConf.to_container(dcfg, resolve=True))  # type: ignore[arg-type]
-    except ConfigError:
-        _discard_empty_run_dir(run_dir)
-        raise
+    except (ConfigError, DataError) as e:
+        _reject(run_dir, e)
     if _STOPPED:
         log.warning("a stop signal was received earlier: not starting %s", run_dir)
         return "interrupted"
@@ -78,9 +108,8 @@ def main(dcfg: DictConfig) -> str:
     }
     try:
         status = train(cfg, run_dir, _run_info(cfg, multirun), record)
-    except ConfigError:
-        _discard_empty_run_dir(run_dir)
-        raise
+    except (ConfigError, DataError) as e:
+        _reject(run_dir, e)
     _STOPPED = status == "interrupted"
     return status
 
@@ -106,6 +135,8 @@ def cli() -> int:
     from kernel_attention.data import DataError
 
     user_wants_trace = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    if user_wants_trace:
+        os.environ["KA_FULL_ERROR"] = "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing; we print one line below
     try:
         main()

@@ -1,0 +1,103 @@
+"""Every config composes and validates; bad configs fail with one line and exit code 2 before any work."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+from test_train_support import CONF, compose, run_cli, tiny_overrides, tiny_root  # noqa: F401
+
+from kernel_attention.config import TrainConfig, config_differences
+from kernel_attention.registry import ConfigError
+
+
+def options(group: str) -> list[str]:
+    """The yaml files of a config group: new presets are covered without touching this test."""
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+
+@pytest.mark.parametrize("kernel,task,model", list(itertools.product(options("kernel"), options("task"),
+                                                                     options("model"))))
+def test_kernel_task_model_combinations_compose(kernel: str, task: str, model: str) -> None:
+    raw = compose([f"kernel={kernel}", f"task={task}", f"model={model}"])
+    if raw["task"]["type"] == "translation" and min(raw["model"]["encoder_layers"], raw["model"]["decoder_layers"]) < 1:
+        with pytest.raises(ConfigError, match="has no encoder"):
+            TrainConfig.from_dict(raw)
+        return
+    cfg = TrainConfig.from_dict(raw)
+    assert cfg.kernel_name == raw["kernel"]["name"] and cfg.task.name == raw["task"]["name"]
+    assert cfg.model.d_model % cfg.model.heads == 0
+
+
+@pytest.mark.parametrize("group", ["optim", "trainer", "logger"])
+def test_run_groups_compose(group: str) -> None:
+    for option in options(group):
+        cfg = TrainConfig.from_dict(compose([f"{group}={option}"]))
+        assert cfg.to_dict()[group]
+
+
+def test_default_is_small_and_paper_setting_composes() -> None:
+    cfg = TrainConfig.from_dict(compose([]))
+    assert (cfg.kernel_name, cfg.task.name, cfg.model.preset) == ("edp", "multi30k", "transformer_small")
+    assert cfg.logger.mode == "offline" and cfg.trainer.evaluate_at_end
+    paper = TrainConfig.from_dict(compose(["kernel=rbf", "task=iwslt", "model=transformer_iwslt_de_en"]))
+    assert (paper.model.d_model, paper.model.heads, paper.model.ffn_dim) == (512, 4, 1024)
+    assert paper.optim.betas == [0.9, 0.98] and paper.optim.label_smoothing == 0.1
+
+
+def test_preset_label_names_the_run() -> None:
+    cfg = TrainConfig.from_dict(compose(["kernel=quadratic"]))
+    assert cfg.kernel_name == "polynomial" and cfg.kernel_label == "quadratic"
+
+
+def test_run_control_fields_may_differ_on_resume() -> None:
+    a = TrainConfig.from_dict(compose([])).to_dict()
+    b = TrainConfig.from_dict(compose(["trainer.max_updates=5", "logger=none", "trainer.resume=true"])).to_dict()
+    assert config_differences(a, b) == []
+    c = TrainConfig.from_dict(compose(["optim.lr=1e-3"])).to_dict()
+    assert config_differences(a, c) == ["optim.lr"]
+
+
+def test_launcher_configs_exist_and_compose(tmp_path: Path) -> None:
+    for launcher in ("joblib", "slurm"):
+        proc = run_cli([f"hydra/launcher={launcher}", "--cfg", "hydra"], cwd=tmp_path)
+        assert "_target_: hydra_plugins" in proc.stdout
+
+
+BAD = [
+    (["optim.lrr=1"], "lrr"),  # unknown option (Hydra: not in schema)
+    (["+trainer.foo=1"], "unknown option(s) foo for trainer"),
+    (["+kernel.foo=1"], "unknown option(s) foo for kernel"),
+    (["optim.lr=abc"], "could not be converted to Float"),  # wrong type
+    (["task.max_tokens=abc"], "task: option max_tokens='abc' must be of type int"),
+    (["model.heads=3"], "model.heads=3"),  # heads must divide d_model
+    (["kernel=nope"], "Could not find 'kernel/nope'"),
+    (["model=lm_small"], "has no encoder"),
+    (["trainer.max_updates=0"], "training has no limit"),
+    (["logger.mode=bogus"], "logger.mode='bogus'"),
+]
+
+
+@pytest.mark.parametrize("args,needle", BAD, ids=[a[0] for a, _ in BAD])
+def test_bad_config_is_one_line_and_exit_2(tmp_path: Path, args: list[str], needle: str) -> None:
+    proc = run_cli(["logger=none", *args], cwd=tmp_path, check=False)
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("config error: ") and needle in lines[0], proc.stderr
+    assert not (tmp_path / "outputs").exists(), "a rejected command must not leave a run folder"
+
+
+def test_resume_with_different_config_is_refused(tmp_path: Path, tiny_root: Path) -> None:  # noqa: F811
+    args = [*tiny_overrides(tiny_root, "mt", updates=4), "trainer.max_updates=1000",
+            "trainer.max_wall_time=0.01"]
+    run_cli(args, cwd=tmp_path)  # stops on wall time right away, leaving last.pt
+    run_dir = tmp_path / "outputs" / "tiny_mt" / "transformer_tiny" / "edp" / "seed1"
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    proc = run_cli([*args, "optim.lr=1e-2", "trainer.resume=true"], cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "different config (optim.lr)" in lines[0], proc.stderr
+    after = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != "train.log"}
+    assert all(before[p] == data for p, data in after.items()), "an earlier run's files were overwritten"
