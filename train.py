@@ -2,13 +2,31 @@
 
     python train.py                                             # edp on Multi30k, transformer_small
     python train.py kernel=rbf task=iwslt model=transformer_iwslt_de_en trainer=paper
-    python train.py -m kernel=edp,rbf,ei seed=1,2,3             # a sweep (relaunch: skips done, resumes rest)
-    python train.py -m hydra/launcher=slurm sweep=kernels ...   # the same on SLURM (conf/hydra/launcher/)
-    torchrun --nproc_per_node=2 train.py ...                    # DDP
+    python train.py task=tinyshakespeare model=lm_small optim=adam_cosine
     python train.py --cfg job                                   # show the resolved config
 
+Run folders (one per job; each holds .hydra/config.yaml, train.log, checkpoints/, metrics.json, wandb/):
+- single run: ``outputs/<task>/<model preset>/<kernel label or name>/seed<seed>``;
+- sweep: ``outputs/sweeps/<sweep>/<overrides of the job>``, e.g. ``outputs/sweeps/kernels/kernel=rbf,seed=2``.
+  No timestamp on purpose: relaunching the same command finds the same folders, skips completed (and diverged)
+  jobs and resumes the others from ``checkpoints/last.pt``. Start a separate sweep with ``sweep=<name>``
+  (also the W&B group); run-control overrides (logger.*, trainer.resume, trainer.max_wall_time, ...) do not
+  change job folders.
+
+    python train.py -m sweep=kernels kernel=edp,rbf,ei seed=1,2,3                 # one after another
+    python train.py -m hydra/launcher=joblib hydra.launcher.n_jobs=3 ...         # local processes
+    python train.py -m hydra/launcher=slurm hydra.launcher.partition=gpu ...     # SLURM via submitit
+    torchrun --nproc_per_node=4 train.py kernel=rbf task=iwslt ...               # DDP (NCCL; gloo on CPU)
+
+Resume: relaunch the same command (``trainer.resume=null``, the default), or ``trainer.resume=true`` to insist;
+``trainer.resume=false`` refuses to touch a folder that already holds a run. SIGTERM / SIGUSR1 (SLURM
+preemption, ``--signal=USR1@120``) finish the current update, write a checkpoint and exit 0; a non-finite loss
+or gradient skips the update, and ``trainer.max_consecutive_skips`` of them in a row end the run with
+``status: diverged`` (exit 0, so a sweep continues).
+
 Hydra stays in this file: the composed config is converted at once into ``kernel_attention.config.TrainConfig``
-(validated; a bad option is one line on stderr and exit code 2 before any work) and handed to the library.
+(validated; a bad option is one line on stderr and exit code 2 before any work; ``HYDRA_FULL_ERROR=1`` for a
+traceback) and handed to the library.
 """
 
 from __future__ import annotations

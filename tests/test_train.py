@@ -31,8 +31,8 @@ def kernel_presets() -> list[str]:
 def test_every_kernel_learns_on_both_tasks(tmp_path: Path, tiny_root: Path, kernel: str, kind: str) -> None:  # noqa: F811
     """A few updates of a tiny model: validation loss (on sentences it trains on) goes down."""
     torch.set_num_threads(1)
-    overrides = [*tiny_overrides(tiny_root, kind, updates=16), f"kernel={kernel}", "trainer.validate_interval_updates=4",
-                 "trainer.average_last=0", "model.dropout=0.0"]
+    overrides = [*tiny_overrides(tiny_root, kind, updates=16), f"kernel={kernel}",
+                 "trainer.validate_interval_updates=4", "trainer.average_last=0", "model.dropout=0.0"]
     if kind == "mt":
         overrides.append("task.valid_bleu_samples=0")  # BLEU is exercised by the CLI test
     cfg = TrainConfig.from_dict(compose(overrides))

@@ -1,0 +1,71 @@
+"""Unit tests of the training pieces: schedule, loss, metrics writer, checkpoints, RNG state."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from kernel_attention.config import OptimConfig
+from kernel_attention.tasks import label_smoothed_nll
+from kernel_attention.training import checkpoint
+from kernel_attention.training.metrics import read_metrics, update_metrics
+from kernel_attention.training.optim import LRSchedule
+
+
+def test_inverse_sqrt_matches_fairseq() -> None:
+    s = LRSchedule(OptimConfig(lr=5e-4, warmup_updates=4000, warmup_init_lr=1e-7))
+    assert s(1) == pytest.approx(1e-7 + (5e-4 - 1e-7) / 4000)
+    assert s(4000) == pytest.approx(5e-4)
+    assert s(16000) == pytest.approx(5e-4 * math.sqrt(4000 / 16000))
+
+
+def test_cosine_reaches_min_lr() -> None:
+    s = LRSchedule(OptimConfig(lr=1e-3, schedule="cosine", warmup_updates=10, warmup_init_lr=0.0, min_lr=1e-4), 110)
+    assert s(10) == pytest.approx(1e-3) and s(110) == pytest.approx(1e-4) and s(500) == pytest.approx(1e-4)
+
+
+def test_label_smoothed_loss_ignores_pad() -> None:
+    logits = torch.randn(2, 3, 7)  # (B, T, V)
+    target = torch.tensor([[1, 2, 0], [3, 0, 0]])  # pad = 0
+    loss, nll, n = label_smoothed_nll(logits, target, 0.1, pad=0)
+    ref_nll = torch.nn.functional.cross_entropy(logits.view(-1, 7), target.view(-1), ignore_index=0, reduction="sum")
+    ref = torch.nn.functional.cross_entropy(logits.view(-1, 7), target.view(-1), ignore_index=0, reduction="sum",
+                                            label_smoothing=0.1)
+    assert n == 3 and torch.allclose(nll, ref_nll) and torch.allclose(loss, ref)
+
+
+def test_update_metrics_merges_atomically(tmp_path: Path) -> None:
+    update_metrics(tmp_path, {"status": "running", "train": {"updates": 1}, "valid": {"best_loss": 2.0}})
+    out = update_metrics(tmp_path, {"train": {"tokens_per_s": 5.0}, "test": {"bleu": 1.0}, "valid": {"x": math.nan}})
+    assert out["train"] == {"updates": 1, "tokens_per_s": 5.0} and out["test"]["bleu"] == 1.0
+    assert out["valid"]["x"] is None  # JSON has no NaN
+    assert json.loads((tmp_path / "metrics.json").read_text()) == read_metrics(tmp_path)
+    assert list(out)[:2] == ["schema", "status"] and not list(tmp_path.glob(".*tmp"))
+    with pytest.raises(ValueError):
+        update_metrics(tmp_path, {"status": "weird"})
+
+
+def test_rng_state_roundtrip_through_weights_only_checkpoint(tmp_path: Path) -> None:
+    torch.manual_seed(3)
+    np.random.seed(3)
+    random.seed(3)
+    checkpoint.save(tmp_path / "c.pt", {"rng": checkpoint.rng_state()})
+    a = (torch.rand(3), np.random.rand(3), random.random())
+    checkpoint.set_rng_state(checkpoint.load(tmp_path / "c.pt")["rng"])
+    b = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
+
+
+def test_average_and_rotation(tmp_path: Path) -> None:
+    for u, v in ((1, 1.0), (2, 2.0), (3, 4.0)):
+        checkpoint.save_interval(tmp_path, u, {"w": torch.full((2,), v), "n": torch.tensor(u)}, {}, keep=2)
+    paths = checkpoint.interval_checkpoints(tmp_path)
+    assert [p.name for p in paths] == ["checkpoint_2.pt", "checkpoint_3.pt"]
+    avg = checkpoint.average_checkpoints(paths)
+    assert torch.equal(avg["w"], torch.full((2,), 3.0)) and int(avg["n"]) == 3
