@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-len-b", type=int, default=10)
     ap.add_argument("--max-tokens", type=int, default=4096 // 5, help="source tokens per batch")
     ap.add_argument("--batch-size", type=int, default=128, help="sentences per batch")
+    ap.add_argument("--chunk", type=int, default=100, help="sentences timed per mode before switching modes")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=1)
@@ -94,13 +95,18 @@ def main(argv: list[str] | None = None) -> int:
           f"{'identical':>11}")
     for kernel in (["(run)"] if args.run else args.kernels):
         model = _model(args, kernel, data).to(args.device)
-        results = {}
-        for mode in ("cached", "uncached"):
-            search = SearchConfig(beam=args.beam, max_len_a=args.max_len_a, max_len_b=args.max_len_b,
-                                  use_cache=mode == "cached")
-            t0 = time.perf_counter()
-            hyps = translate(model, sources, ids, search, args.max_tokens, args.batch_size, args.device)
-            results[mode] = (time.perf_counter() - t0, hyps)
+        results: dict[str, tuple[float, list[list[int]]]] = {"cached": (0.0, []), "uncached": (0.0, [])}
+        # Alternate the two modes chunk by chunk so that load from other processes on a shared machine slows
+        # both alike instead of whichever happened to run at a bad moment.
+        for start in range(0, len(sources), args.chunk):
+            chunk = sources[start : start + args.chunk]
+            for mode in ("cached", "uncached"):
+                search = SearchConfig(beam=args.beam, max_len_a=args.max_len_a, max_len_b=args.max_len_b,
+                                      use_cache=mode == "cached")
+                t0 = time.perf_counter()
+                hyps = translate(model, chunk, ids, search, args.max_tokens, args.batch_size, args.device)
+                sec, done = results[mode]
+                results[mode] = (sec + time.perf_counter() - t0, done + hyps)
         base = results["uncached"][0]
         same = sum(a == b for a, b in zip(results["cached"][1], results["uncached"][1]))
         for mode, (sec, hyps) in results.items():
