@@ -37,12 +37,22 @@ def test_every_kernel_learns_on_both_tasks(tmp_path: Path, tiny_root: Path, kern
         overrides.append("task.valid_bleu_samples=0")  # BLEU is exercised by the CLI test
     cfg = TrainConfig.from_dict(compose(overrides))
     assert cfg.kernel_name in KERNELS
+    had_wandb = "wandb" in sys.modules
     assert train(cfg, tmp_path / "run") == "completed"
+    assert had_wandb or "wandb" not in sys.modules, "logger=none must not import wandb"
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     hist = metrics["valid"]["history"]
     assert metrics["status"] == "completed" and metrics["train"]["updates"] == 16 and len(hist) == 4
     assert hist[-1]["loss"] < hist[0]["loss"] - 0.05, hist
     assert metrics["kernel"]["properties"]["feature_dim"] == "inf" or metrics["kernel"]["properties"]["feature_dim"] > 0
+
+
+def test_early_stopping_with_patience(tmp_path: Path, tiny_root: Path) -> None:  # noqa: F811
+    overrides = [*tiny_overrides(tiny_root, "lm", updates=100), "optim.lr=1e-12", "optim.warmup_updates=0",
+                 "model.dropout=0.0", "trainer.validate_interval_updates=2", "trainer.patience=2"]
+    assert train(TrainConfig.from_dict(compose(overrides)), tmp_path / "run") == "completed"
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert m["train"]["updates"] == 6 and "early stop" in m["status_reason"], m["valid"]["history"]
 
 
 def test_cli_run_folder_wandb_offline_and_skip_on_relaunch(tmp_path: Path, tiny_root: Path) -> None:  # noqa: F811

@@ -310,7 +310,7 @@ class Trainer:
         meta = checkpoint.load(paths[-1])
         checkpoint.save(self.ckpt_dir / "avg.pt", {**meta, "model": avg,
                                                    "averaged": [p.name for p in paths]})
-        log.info("averaged %d checkpoints (%s) into %s", len(paths), ", ".join(p.name for p in paths),
+        log.info("averaged the last %d checkpoint(s) (%s) into %s", len(paths), ", ".join(p.name for p in paths),
                  self.ckpt_dir / "avg.pt")
 
     # ---- validation -------------------------------------------------------------------------------------
