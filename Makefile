@@ -14,7 +14,7 @@ install: ## Install torch==2.13.0 (CPU wheel) then this package (editable) with 
 	$(PYTHON) -m pip install -q torch==2.13.0
 	$(PYTHON) -m pip install -q -e ".[dev,cluster]"
 
-test: ## Run the test suite
+test: install ## Run the test suite (installs first: a no-op when up to date)
 	$(PYTHON) -m pytest -q
 
 lint: ## ruff check
