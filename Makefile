@@ -29,8 +29,9 @@ train: ## Train one model: make train KERNEL=rbf TASK=multi30k
 report: ## Build tables and plots from outputs/: make report [SWEEP=outputs/...]
 	$(PYTHON) scripts/report.py $(or $(SWEEP),outputs)
 
-demo: install ## The whole spine on CPU (~10 min): prepare, train edp + a finite kernel, evaluate, report
-	$(PYTHON) scripts/demo.py
+demo: install ## The whole spine on CPU (~10 min): prepare Multi30k, train edp + linear, evaluate, report
+	$(PYTHON) train.py -m experiment=demo
+	$(PYTHON) scripts/report.py outputs/sweeps/demo
 
 bench: ## Attention and training benchmarks (prints tables, writes experiments/benchmarks/)
 	$(PYTHON) scripts/benchmark_attention.py

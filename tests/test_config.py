@@ -101,3 +101,25 @@ def test_resume_with_different_config_is_refused(tmp_path: Path, tiny_root: Path
     assert len(lines) == 1 and "different config (optim.lr)" in lines[0], proc.stderr
     after = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != "train.log"}
     assert all(before[p] == data for p, data in after.items()), "an earlier run's files were overwritten"
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_experiments_compose_and_sweep_known_options(experiment: str) -> None:
+    """Every conf/experiment/*.yaml validates, names its own sweep, and sweeps only options that exist."""
+    import yaml
+
+    cfg = TrainConfig.from_dict(compose([f"experiment={experiment}"]))
+    assert cfg.sweep == experiment
+    text = (CONF / "experiment" / f"{experiment}.yaml").read_text()
+    assert f"experiment={experiment}" in text, "an experiment file carries the command that runs it"
+    params = yaml.safe_load(text).get("hydra", {}).get("sweeper", {}).get("params", {})
+    for group, values in params.items():
+        if group in ("kernel", "task", "model", "optim", "trainer", "logger"):
+            for value in str(values).split(","):
+                assert value.strip() in options(group), f"{experiment} sweeps unknown {group}={value}"
+
+
+def test_eval_checkpoint_avg_needs_averaging() -> None:
+    with pytest.raises(ConfigError, match="average_last"):
+        TrainConfig.from_dict(compose(["trainer.eval_checkpoint=avg", "trainer.average_last=0"]))
+    assert TrainConfig.from_dict(compose(["trainer=paper"])).trainer.eval_checkpoint == "avg"

@@ -97,8 +97,13 @@ class TrainerConfig:
     # null = resume if the run folder has a checkpoint; true = must resume; false = must start fresh.
     resume: bool | None = None
     evaluate_at_end: bool = True
+    # Which checkpoint the end-of-training evaluation scores: best | avg (fairseq's IWSLT recipe) | last.
+    eval_checkpoint: str = "best"
 
     def validate(self) -> None:
+        _choice("trainer.eval_checkpoint", self.eval_checkpoint, ("best", "avg", "last"))
+        if self.eval_checkpoint == "avg" and self.average_last < 2:
+            raise ConfigError("trainer.eval_checkpoint=avg needs trainer.average_last >= 2 (checkpoints to average)")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"trainer.device={self.device!r} is not allowed; use auto, cpu, cuda or cuda:N")
         _choice("trainer.precision", self.precision, PRECISIONS)
@@ -276,7 +281,8 @@ def _asdict(obj: Any) -> Any:
 # differing from the checkpoint's config is an error (it would silently mix two experiments in one folder).
 RUN_CONTROL = (
     "trainer.resume", "trainer.max_updates", "trainer.max_epochs", "trainer.max_wall_time",
-    "trainer.log_interval", "trainer.progress_bar", "trainer.evaluate_at_end", "trainer.compile",
+    "trainer.log_interval", "trainer.progress_bar", "trainer.evaluate_at_end", "trainer.eval_checkpoint",
+    "trainer.compile",
     "trainer.device", "trainer.patience", "trainer.valid_max_batches", "logger", "sweep",
     "task.data.root", "task.data.out_root", "task.data.obtain", "task.data.spm_threads",
 )

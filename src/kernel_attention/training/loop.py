@@ -157,16 +157,13 @@ def train(cfg: TrainConfig, run_dir: Path | str, run: RunInfo | None = None,
 
 
 def _maybe_evaluate(cfg: TrainConfig, run_dir: Path, only_if_missing: bool = False) -> None:
-    """Run ``kernel_attention.evaluation.evaluate_run`` (when it exists and trainer.evaluate_at_end)."""
+    """Score ``trainer.eval_checkpoint`` on the test split (``evaluate_run``) when trainer.evaluate_at_end."""
     if not cfg.trainer.evaluate_at_end or (only_if_missing and "test" in read_metrics(run_dir)):
         return
-    try:
-        from kernel_attention.evaluation import evaluate_run  # type: ignore[attr-defined]
-    except ImportError:
-        log.info("evaluation not available (kernel_attention.evaluation.evaluate_run); skipping")
-        return
-    log.info("evaluating %s", run_dir)
-    evaluate_run(run_dir)
+    from kernel_attention.evaluation import evaluate_run
+
+    log.info("evaluating %s (checkpoint %s)", run_dir, cfg.trainer.eval_checkpoint)
+    evaluate_run(run_dir, checkpoint=cfg.trainer.eval_checkpoint)
 
 
 class Trainer:
