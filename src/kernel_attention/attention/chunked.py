@@ -9,6 +9,11 @@ pushes the tile's gradient through the score function with ``torch.autograd.grad
 any differentiable score function works (dot-product, distance and min-based kernels alike).
 
 Tiles that causality hides entirely are skipped, which halves the work of causal self-attention.
+
+Score functions may be plain callables (gradients through ``torch.autograd.grad``) or ``TileScore`` objects
+with hand-written gradients (``tile_scores.py``), which is what the kernels of this package pass: the
+backward pass then costs the recomputed tile, the two matmuls of dv and dp, and two matmuls (or two fused
+reductions) for dq and dk — no autograd graph per tile.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+
+from kernel_attention.attention.tile_scores import AutogradScore, TileScore
 
 ScoreFn = Callable[[Tensor, Tensor], Tensor]  # (B, H, tq, D), (B, H, tk, D) -> (B, H, tq, tk)
 
@@ -47,7 +54,7 @@ def _key_blocks(i0: int, i1: int, Tk: int, block_k: int, offset: int, causal: bo
 class _TiledAttention(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx, q: Tensor, k: Tensor, v: Tensor, score_fn: ScoreFn, keep_k: Tensor | None, log_space: bool,
+        ctx, q: Tensor, k: Tensor, v: Tensor, score_fn: TileScore, keep_k: Tensor | None, log_space: bool,
         abs_norm: bool, eps: float, causal: bool, block_q: int, block_k: int,
     ) -> Tensor:
         B, H, Tq, _ = q.shape
@@ -64,24 +71,26 @@ class _TiledAttention(torch.autograd.Function):
             m = q.new_full((B, H, i1 - i0, 1), -math.inf)  # (B, H, tq, 1) running max of log κ
             for j0 in _key_blocks(i0, i1, Tk, block_k, offset, causal):
                 j1 = min(Tk, j0 + block_k)
-                s = score_fn(qb, k[:, :, j0:j1])  # (B, H, tq, tk)
+                s = score_fn.score(qb, k[:, :, j0:j1])  # (B, H, tq, tk)
                 keep = _tile_keep(i0, i1, j0, j1, offset, causal, keep_k, q.device)
                 vb = v[:, :, j0:j1]  # (B, H, tk, Dv)
+                # Tile-sized work is done in place on s (a fresh tensor the score returns): on CPU a new
+                # tile-sized tensor per op costs as much again as the op (allocation and page faults).
                 if log_space:
                     if keep is not None:
-                        s = s.masked_fill(~keep, -math.inf)
+                        s.masked_fill_(~keep, -math.inf)
                     m_new = torch.maximum(m, s.amax(dim=-1, keepdim=True))  # (B, H, tq, 1)
                     m_use = m_new.masked_fill(torch.isinf(m_new), 0.0)  # rows with nothing yet: any shift
                     alpha = (m - m_use).exp()  # (B, H, tq, 1) rescales what was summed under the old max
-                    p = (s - m_use).exp()  # (B, H, tq, tk)
+                    p = s.sub_(m_use).exp_()  # (B, H, tq, tk)
                     den = den * alpha + p.sum(dim=-1, keepdim=True)
-                    acc = acc * alpha + p @ vb
+                    acc = acc.mul_(alpha).add_(p @ vb)  # (B, H, tq, Dv)
                     m = m_new
                 else:
                     if keep is not None:
-                        s = s.masked_fill(~keep, 0.0)
+                        s.masked_fill_(~keep, 0.0)
                     den = den + (s.abs() if abs_norm else s).sum(dim=-1, keepdim=True)  # (B, H, tq, 1)
-                    acc = acc + s @ vb  # (B, H, tq, Dv)
+                    acc = acc.add_(s @ vb)  # (B, H, tq, Dv)
             if log_space:
                 out[:, :, i0:i1] = acc / den.clamp_min(torch.finfo(den.dtype).tiny)  # empty rows: 0 / tiny
                 stat[:, :, i0:i1] = m.masked_fill(torch.isinf(m), 0.0) + den.log()  # −inf where den = 0
@@ -114,26 +123,27 @@ class _TiledAttention(torch.autograd.Function):
             for j0 in _key_blocks(i0, i1, Tk, block_k, offset, causal):
                 j1 = min(Tk, j0 + block_k)
                 keep = _tile_keep(i0, i1, j0, j1, offset, causal, keep_k, q.device)
-                qb = q[:, :, i0:i1].detach().requires_grad_()  # (B, H, tq, D)
-                kb = k[:, :, j0:j1].detach().requires_grad_()  # (B, H, tk, D)
+                qb, kb = q[:, :, i0:i1], k[:, :, j0:j1]  # (B, H, tq, D), (B, H, tk, D)
                 vb, gb = v[:, :, j0:j1], g_out[:, :, i0:i1]  # (B, H, tk, Dv), (B, H, tq, Dv)
-                with torch.enable_grad():
-                    s = score_fn(qb, kb)  # (B, H, tq, tk)
+                s, vjp = score_fn.score_and_vjp(qb, kb)  # (B, H, tq, tk), d(score) -> (dq, dk)
                 if log_space:
-                    sm = s.detach() if keep is None else s.detach().masked_fill(~keep, -math.inf)
-                    p = (sm - lse[:, :, i0:i1]).exp()  # (B, H, tq, tk) = normalised weights
+                    if keep is not None:
+                        s.masked_fill_(~keep, -math.inf)
+                    p = s.sub_(lse[:, :, i0:i1]).exp_()  # (B, H, tq, tk) = normalised weights
                     dv[:, :, j0:j1] += p.transpose(-2, -1) @ gb  # (B, H, tk, Dv)
                     dp = gb @ vb.transpose(-2, -1)  # (B, H, tq, tk)
-                    ds = p * (dp - g_dot_out[:, :, i0:i1])  # softmax backward: (B, H, tq, tk)
+                    ds = dp.sub_(g_dot_out[:, :, i0:i1]).mul_(p)  # softmax backward: (B, H, tq, tk)
                 else:
-                    w = s.detach() if keep is None else s.detach().masked_fill(~keep, 0.0)  # (B, H, tq, tk)
+                    w = s if keep is None else s.masked_fill_(~keep, 0.0)  # (B, H, tq, tk)
                     gn = g_num[:, :, i0:i1]  # (B, H, tq, Dv)
                     dv[:, :, j0:j1] += w.transpose(-2, -1) @ gn  # (B, H, tk, Dv)
-                    dterm = torch.sign(w) if abs_norm else torch.ones_like(w)  # d(den term)/dw
-                    ds = gn @ vb.transpose(-2, -1) + g_den[:, :, i0:i1] * dterm  # (B, H, tq, tk)
+                    # d(den term)/dw is sign(w) for Σ|κ|, else 1 (a broadcast add, no tile of ones).
+                    g_den_b = g_den[:, :, i0:i1]  # (B, H, tq, 1)
+                    ds = gn @ vb.transpose(-2, -1)  # (B, H, tq, tk)
+                    ds = ds.addcmul_(torch.sign(w), g_den_b) if abs_norm else ds.add_(g_den_b)
                     if keep is not None:
-                        ds = ds.masked_fill(~keep, 0.0)
-                gq, gk = torch.autograd.grad(s, (qb, kb), ds)
+                        ds.masked_fill_(~keep, 0.0)
+                gq, gk = vjp(ds)  # (B, H, tq, D), (B, H, tk, D)
                 dq[:, :, i0:i1] += gq
                 dk[:, :, j0:j1] += gk
         return dq, dk, dv, None, None, None, None, None, None, None, None
@@ -143,7 +153,7 @@ def chunked_kernel_attention(
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    score_fn: ScoreFn,
+    score_fn: ScoreFn | TileScore,
     *,
     log_space: bool,
     abs_normalization: bool = False,
@@ -157,6 +167,8 @@ def chunked_kernel_attention(
 
     q (B, H, Tq, D), k (B, H, Tk, D), v (B, H, Tk, Dv) → (B, H, Tq, Dv); masks as in ``kernels.base``.
     Gradients reach q, k and v only: ``score_fn`` must not close over tensors that need gradients."""
+    if not isinstance(score_fn, TileScore):
+        score_fn = AutogradScore(score_fn)
     keep_k = None if key_padding_mask is None else ~key_padding_mask.to(device=q.device, dtype=torch.bool)
     return _TiledAttention.apply(
         q, k, v, score_fn, keep_k, log_space, abs_normalization, eps, causal, block_q, block_k

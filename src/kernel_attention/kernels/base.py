@@ -28,12 +28,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from kernel_attention.registry import ConfigError, Registry
+
+if TYPE_CHECKING:
+    from kernel_attention.attention.tile_scores import TileScore
 
 INF = math.inf
 PATHS = ("auto", "exact", "fast", "linear", "flex")
@@ -244,16 +247,24 @@ class Kernel(nn.Module):
         den = self.denominator_terms(w).sum(dim=-1, keepdim=True)  # (B, H, Tq, 1)
         return num / self.safe_denominator(den)  # (B, H, Tq, Dv)
 
+    def tile_score(self) -> TileScore:
+        """The score the tiled path evaluates per tile: ``log_score`` (or ``score``) with gradients by
+        autograd. Kernels of a known form (f(q·k), f(‖q−k‖²), linear in ‖q−k‖₁) return a ``TileScore`` with
+        a hand-written backward (attention/tile_scores.py), which is what makes the tiled path fast on CPU."""
+        from kernel_attention.attention.tile_scores import AutogradScore
+
+        return AutogradScore(self.log_score if self.has_log_score else self.score)
+
     def fast(self, q: Tensor, k: Tensor, v: Tensor, *, causal: bool, key_padding_mask: Tensor | None) -> Tensor:
         """Tiled path over the same score function as ``exact`` (never holds more than a tile of κ)."""
         from kernel_attention.attention.chunked import chunked_kernel_attention
 
-        log_space = self.has_log_score
         return chunked_kernel_attention(
             q, k, v,
-            self.log_score if log_space else self.score,
-            log_space=log_space,
-            abs_normalization=self.normalization == "abs",
+            self.tile_score(),
+            log_space=self.has_log_score,
+            # Σ|κ| = Σκ for kernels that are never negative: skip the abs (and sign in backward) there.
+            abs_normalization=self.normalization == "abs" and self.can_be_negative,
             eps=self.eps,
             causal=causal,
             key_padding_mask=key_padding_mask,

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from kernel_attention.attention.distances import min_sums
+from kernel_attention.attention.tile_scores import L1Score, TileScore
 from kernel_attention.kernels.base import INF, KERNELS, Kernel, KernelConfig
 
 
@@ -43,3 +44,8 @@ class EIKernel(Kernel):
 
     def log_score(self, q: Tensor, k: Tensor) -> Tensor:
         return min_sums(q, k) / math.sqrt(self.head_dim)  # (B, H, Tq, Tk)
+
+    def tile_score(self) -> TileScore:
+        # Σ min / √d = (Σq + Σk − ‖q−k‖₁) / (2√d)
+        h = 0.5 / math.sqrt(self.head_dim)
+        return L1Score(h, -h)

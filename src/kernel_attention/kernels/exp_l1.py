@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from kernel_attention.attention.distances import l1_dists
+from kernel_attention.attention.tile_scores import L1Score, TileScore
 from kernel_attention.kernels.base import INF, KERNELS, Kernel, KernelConfig
 from kernel_attention.registry import ConfigError
 
@@ -52,3 +53,6 @@ class ExpL1Kernel(Kernel):
 
     def log_score(self, q: Tensor, k: Tensor) -> Tensor:
         return -l1_dists(q, k) / self.sigma  # (B, H, Tq, Tk)
+
+    def tile_score(self) -> TileScore:
+        return L1Score(0.0, -1.0 / self.sigma)

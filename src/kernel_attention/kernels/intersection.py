@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from kernel_attention.attention.distances import min_sums
+from kernel_attention.attention.tile_scores import L1Score, TileScore
 from kernel_attention.kernels.base import INF, KERNELS, Kernel, SignedKernelConfig
 
 
@@ -47,3 +48,6 @@ class IntersectionKernel(Kernel):
 
     def score(self, q: Tensor, k: Tensor) -> Tensor:
         return min_sums(q, k)  # (B, H, Tq, Tk)
+
+    def tile_score(self) -> TileScore:
+        return L1Score(0.5, -0.5)  # Σ min = (Σq + Σk − ‖q−k‖₁) / 2

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from kernel_attention.attention.distances import sq_dists
+from kernel_attention.attention.tile_scores import SqDistScore, TileScore
 from kernel_attention.kernels.base import INF, KERNELS, Kernel, KernelConfig, ScoreMod
 from kernel_attention.registry import ConfigError
 
@@ -57,6 +58,21 @@ class LaplacianKernel(Kernel):
 
     def log_score(self, q: Tensor, k: Tensor) -> Tensor:
         return -sq_dists(q, k).clamp_min(_TINY).sqrt() / self.sigma  # (B, H, Tq, Tk)
+
+    def tile_score(self) -> TileScore:
+        sigma = self.sigma
+
+        def f(d2: Tensor) -> Tensor:
+            return d2.clamp_min_(_TINY).sqrt_().mul_(-1.0 / sigma)  # (B, H, tq, tk), as log_score
+
+        def f_and_df(d2: Tensor) -> tuple[Tensor, Tensor]:
+            # d/dd2 of −√d2/σ = −1/(2σ√d2); 0 where the clamp at _TINY holds, as autograd through clamp_min gives.
+            clamped = d2 <= _TINY  # (B, H, tq, tk) bool
+            r = d2.clamp_min_(_TINY).sqrt_()  # (B, H, tq, tk) = √d2, in place
+            df = r.reciprocal().mul_(-0.5 / sigma).masked_fill_(clamped, 0.0)
+            return r.mul_(-1.0 / sigma), df
+
+        return SqDistScore(f, f_and_df)
 
     def flex_scale(self) -> float:
         return 1.0  # the score_mod needs the raw q·k

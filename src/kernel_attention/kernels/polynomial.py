@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from kernel_attention.attention.feature_map import symmetric_power_dim, symmetric_power_features
+from kernel_attention.attention.tile_scores import DotScore, TileScore
 from kernel_attention.kernels.base import KERNELS, Kernel, KernelProperties, ScoreMod, SignedKernelConfig
 from kernel_attention.registry import ConfigError
 
@@ -72,6 +73,18 @@ class PolynomialKernel(Kernel):
     def score(self, q: Tensor, k: Tensor) -> Tensor:
         s = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, H, Tq, Tk)
         return (s + self.c) ** self.p  # (B, H, Tq, Tk)
+
+    def tile_score(self) -> TileScore:
+        p, c = self.p, self.c
+
+        def f(u: Tensor) -> Tensor:  # may overwrite u
+            u = u.add_(c)
+            return u.mul_(u) if p == 2 else u.pow_(p)  # one multiply for the common quadratic
+
+        def df(u: Tensor) -> Tensor:  # must not overwrite u
+            return (u + c).mul_(p) if p == 2 else (u + c).pow_(p - 1).mul_(p)
+
+        return DotScore(f, df, 1.0 / math.sqrt(self.head_dim))
 
     def feature_map(self, x: Tensor) -> Tensor:
         psi = x / self.head_dim**0.25  # (B, H, T, D): ψ(q)·ψ(k) = q·k/√d

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from kernel_attention.attention.feature_map import symmetric_power_dim, symmetric_power_features
+from kernel_attention.attention.tile_scores import DotScore, TileScore
 from kernel_attention.kernels.base import KERNELS, Kernel, KernelConfig, ScoreMod
 from kernel_attention.registry import ConfigError
 
@@ -46,6 +47,17 @@ def taylor_exp(s: Tensor, p: int) -> Tensor:
     return acc
 
 
+def _taylor_exp_1alloc(s: Tensor, p: int) -> Tensor:
+    """``taylor_exp`` with one tile-sized allocation (Horner's rule in place); s is not modified."""
+    acc = s / p + 1.0  # (…): the innermost Horner step 1 + s/p
+    for i in range(p - 1, 0, -1):
+        acc.mul_(s)
+        if i > 1:
+            acc.div_(i)
+        acc.add_(1.0)
+    return acc
+
+
 @KERNELS.register("taylor")
 class TaylorKernel(Kernel):
     """κ(q, k) = Σ_{i≤p} (q·k/√d)^i/i!: finite feature dim, symmetric, PD, positive."""
@@ -65,6 +77,12 @@ class TaylorKernel(Kernel):
     def score(self, q: Tensor, k: Tensor) -> Tensor:
         s = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, H, Tq, Tk)
         return taylor_exp(s, self.p)  # (B, H, Tq, Tk)
+
+    def tile_score(self) -> TileScore:
+        # d/ds Σ_{i≤p} s^i/i! = Σ_{i≤p−1} s^i/i!: the derivative is the series one order shorter.
+        p = self.p
+        return DotScore(lambda u: _taylor_exp_1alloc(u, p), lambda u: _taylor_exp_1alloc(u, p - 1),
+                        1.0 / math.sqrt(self.head_dim))
 
     def feature_map(self, x: Tensor) -> Tensor:
         psi = x / self.head_dim**0.25  # (B, H, T, D): ψ(q)·ψ(k) = s
