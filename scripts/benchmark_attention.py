@@ -57,8 +57,13 @@ def presets(names: list[str] | None) -> list[tuple[str, str, dict]]:
     return sorted(out, key=lambda p: p[0] != "edp")
 
 
-def paths_of(kern: Kernel) -> list[str]:
+def paths_of(kern: Kernel, device: str) -> list[str]:
     paths = ["exact", "fast"]
+    # FlexAttention trains only on CUDA (no CPU backward); opt-in kernels that can express log κ get a row there.
+    if torch.device(device).type == "cuda":
+        x = torch.zeros(1, 1, 1, kern.head_dim, device=device)  # (1, 1, 1, D): the score_mod may capture norms
+        if kern.flex_score_mod(x, x) is not None:
+            paths.append("flex")
     # A separate linear row only where it differs from fast and applies to the preset's normaliser.
     if kern.has_feature_map and kern.default_path != "linear" and not (
         kern.can_be_negative and kern.normalization == "abs"
@@ -73,7 +78,7 @@ def what_runs(kern: Kernel, path: str) -> str:
         if type(kern).fast is not Kernel.fast:
             return "sdpa" if kern.name in ("edp", "rbf") else "linear (φ)"
         return "tiled"
-    return {"exact": "materialised κ", "linear": "linear (φ)"}.get(path, path)
+    return {"exact": "materialised κ", "linear": "linear (φ)", "flex": "flex_attention"}.get(path, path)
 
 
 def make_inputs(B: int, H: int, T: int, D: int, role: str, dtype: torch.dtype, device: str):
@@ -125,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kernels", nargs="+", help="preset names (conf/kernel/*.yaml stems); default: all")
     ap.add_argument("--lengths", nargs="+", type=int, default=[64, 256, 1024, 2048, 4096])
     ap.add_argument("--roles", nargs="+", choices=ROLES, default=list(ROLES))
-    ap.add_argument("--paths", nargs="+", choices=("exact", "fast", "linear"), default=["exact", "fast", "linear"])
+    ap.add_argument("--paths", nargs="+", choices=("exact", "fast", "linear", "flex"),
+                    default=["exact", "fast", "linear", "flex"], help="flex runs on CUDA only")
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--head-dim", type=int, default=64, help="64 = transformer_small and the paper model")
@@ -133,8 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--max-seconds", type=float, default=20.0, help="time cap per measurement before 1 repeat")
-    ap.add_argument("--memory-budget-gb", type=float, default=2.0, help="skip exact above this estimate")
+    ap.add_argument("--max-seconds", type=float, default=8.0, help="time cap per measurement before 1 repeat")
+    ap.add_argument("--memory-budget-gb", type=float, default=1.0,
+                    help="skip exact above this estimate (default keeps the CPU sweep under 15 min)")
     ap.add_argument("--no-memory", action="store_true", help="skip the (profiler) peak-memory runs")
     ap.add_argument("--quick", action="store_true", help="smoke test: tiny sizes, 1 repeat")
     ap.add_argument("--out", type=Path, default=REPO / "experiments" / "benchmarks")
@@ -155,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         for role in args.roles:
             for T in args.lengths:
                 exact_ms = exact_mb = None
-                for path in [p for p in paths_of(kern) if p in args.paths or p == "exact"]:
+                for path in [p for p in paths_of(kern, args.device) if p in args.paths or p == "exact"]:
                     row = {"kernel": label, "path": path, "runs": what_runs(kern, path), "role": role, "T": T}
                     est = EXACT_TT_TENSORS * args.batch * args.heads * T * T * max(itemsize, 4)
                     if path == "exact" and est > args.memory_budget_gb * 2**30:

@@ -142,6 +142,10 @@ class Kernel(nn.Module):
     # Tile sizes of the generic fast path (queries × keys): memory O(B·H·tile²), few enough Python steps.
     block_q: ClassVar[int] = 256
     block_k: ClassVar[int] = 256
+    # True where the fast path is a fused kernel that keeps half precision accurate itself (SDPA accumulates
+    # in float32): on CUDA it then gets bf16/fp16 inputs as they are, because upcasting would rule out the
+    # flash kernels (half precision only) and double the memory traffic. CPU keeps the float32 rule.
+    half_precision_fast: ClassVar[bool] = False
 
     def __init__(self, cfg: KernelConfig, head_dim: int) -> None:
         super().__init__()
@@ -211,7 +215,8 @@ class Kernel(nn.Module):
             raise ConfigError(
                 f"kernel {self.name!r} has no finite feature map, so no linear path; use exact or fast"
             )
-        dtype = compute_dtype(q)
+        native = q.is_cuda and path == "fast" and self.half_precision_fast
+        dtype = q.dtype if native else compute_dtype(q)
         q32, k32, v32 = q.to(dtype), k.to(dtype), v.to(dtype)  # no-ops unless half precision
         run = getattr(self, path)
         out = run(q32, k32, v32, causal=causal, key_padding_mask=key_padding_mask)  # (B, H, Tq, Dv)

@@ -46,6 +46,7 @@ class EDPKernel(Kernel):
     positive_definite = True
     can_be_negative = False
     auto_exact_below = 0  # SDPA beats materialising κ at every size
+    half_precision_fast = True  # SDPA in bf16 on CUDA (flash); see Kernel.half_precision_fast
 
     def feature_dim(self) -> float:
         return INF

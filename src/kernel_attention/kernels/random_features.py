@@ -81,18 +81,20 @@ class RandomFeaturesKernel(Kernel):
 
     def _exponent(self, x: Tensor) -> Tensor:
         """ω·x' − ‖x'‖²/2 with x' = x/d^¼: (B, H, T, D) → (B, H, T, m)."""
-        xs = x / self.head_dim**0.25  # (B, H, T, D)
-        proj = xs @ self.omega.to(xs.dtype).T  # (B, H, T, m)
-        return proj - 0.5 * (xs * xs).sum(dim=-1, keepdim=True)  # (B, H, T, m)
+        # The 1/d^¼ goes into ω (m·D work) and the norm's 1/√d onto a (B, H, T, 1) column, not onto x; the
+        # (B, H, T, m) result is updated in place — m ≥ T at training lengths, so these tensors dominate.
+        c = self.head_dim**-0.25
+        proj = x @ (self.omega.to(x.dtype) * c).T  # (B, H, T, m); matmul's backward does not need its output
+        return proj.sub_((x * x).sum(dim=-1, keepdim=True).mul_(0.5 * c * c))  # (B, H, T, m)
 
     def feature_map(self, x: Tensor) -> Tensor:
         return self._exponent(x).exp() / self.m**0.5  # (B, H, T, m), unstabilised: φ(q)·φ(k) = κ_ω exactly
 
     def _stable_features(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
         eq, ek = self._exponent(q), self._exponent(k)  # (B, H, Tq, m), (B, H, Tk, m)
-        eq = eq - eq.amax(dim=-1, keepdim=True).detach()  # per-query factor: cancels in the normaliser
-        ek = ek - ek.amax(dim=(-2, -1), keepdim=True).detach()  # one factor per (b, h): cancels as well
-        return eq.exp(), ek.exp()  # (B, H, Tq, m), (B, H, Tk, m)
+        eq = eq.sub_(eq.amax(dim=-1, keepdim=True).detach())  # per-query factor: cancels in the normaliser
+        ek = ek.sub_(ek.amax(dim=(-2, -1), keepdim=True).detach())  # one factor per (b, h): cancels as well
+        return eq.exp_(), ek.exp_()  # (B, H, Tq, m), (B, H, Tk, m)
 
     def score(self, q: Tensor, k: Tensor) -> Tensor:
         return self.feature_map(q) @ self.feature_map(k).transpose(-2, -1)  # (B, H, Tq, Tk)
