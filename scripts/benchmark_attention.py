@@ -28,9 +28,15 @@ import time
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
-from kernel_attention.benchmarks import DTYPES, machine_info, median_time, peak_memory_bytes, write_tables
+from kernel_attention.benchmarks import (
+    DTYPES,
+    kernel_presets,
+    machine_info,
+    median_time,
+    peak_memory_bytes,
+    write_tables,
+)
 from kernel_attention.kernels import build_kernel
 from kernel_attention.kernels.base import Kernel
 
@@ -43,19 +49,6 @@ COLUMNS = [
 # Tensors of shape (B, H, T, T) the exact path holds at its peak (scores, weights, their gradients, ...):
 # measured 4–7 on CPU, so 8 is a safe over-estimate for the OOM guard.
 EXACT_TT_TENSORS = 8
-
-
-def presets(names: list[str] | None) -> list[tuple[str, str, dict]]:
-    """(label, registered name, params) of conf/kernel/*.yaml, edp first (the SDPA baseline)."""
-    out = []
-    for path in sorted((REPO / "conf" / "kernel").glob("*.yaml")):
-        params = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-        assert isinstance(params, dict)
-        name = params.pop("name")
-        params.pop("path", None)
-        if names is None or path.stem in names:
-            out.append((path.stem, name, params))
-    return sorted(out, key=lambda p: p[0] != "edp")
 
 
 def paths_of(kern: Kernel, device: str) -> list[str]:
@@ -158,8 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     itemsize = torch.tensor([], dtype=DTYPES[args.dtype]).element_size()
     rows: list[dict] = []
     sdpa: dict[tuple[str, int], float] = {}  # (role, T) -> edp fast fwd+bwd ms, this run
-    for label, name, params in presets(args.kernels):
-        kern = build_kernel(name, args.head_dim, dict(params)).to(args.device)
+    for label, name, params in kernel_presets(REPO / "conf", args.kernels):
+        # The benchmark picks each path itself, so a preset's own `path` option is dropped.
+        params = {k: v for k, v in params.items() if k != "path"}
+        kern = build_kernel(name, args.head_dim, params).to(args.device)
         for role in args.roles:
             for T in args.lengths:
                 exact_ms = exact_mb = None

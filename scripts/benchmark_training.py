@@ -40,7 +40,7 @@ import yaml
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 
-from kernel_attention.benchmarks import DTYPES, machine_info, matmul_flops_per_s, sync, write_tables
+from kernel_attention.benchmarks import DTYPES, kernel_presets, machine_info, matmul_flops_per_s, sync, write_tables
 from kernel_attention.models import ModelConfig, build_model
 from kernel_attention.models.transformer import sinusoidal_table
 from kernel_attention.registry import config_from_mapping
@@ -86,17 +86,6 @@ class TorchTransformer(nn.Module):
 
 def load_preset(kind: str, name: str) -> dict:
     return yaml.safe_load((REPO / "conf" / kind / f"{name}.yaml").read_text())
-
-
-def kernel_presets(names: list[str] | None) -> list[tuple[str, str, dict]]:
-    out = []
-    for path in sorted((REPO / "conf" / "kernel").glob("*.yaml")):
-        params = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-        assert isinstance(params, dict)
-        name = params.pop("name")
-        if names is None or path.stem in names:
-            out.append((path.stem, name, params))
-    return sorted(out, key=lambda p: p[0] != "edp")
 
 
 def multi30k_batches(n: int, max_tokens: int) -> tuple[list[dict], int, int, str]:
@@ -194,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_baseline:
         models[BASELINE] = TorchTransformer(cfg, vocab, pad)
         paths[BASELINE] = "SDPA (nn.MultiheadAttention)"
-    for label, name, params in kernel_presets(args.kernels):
+    for label, name, params in kernel_presets(REPO / "conf", args.kernels):
         models[label] = build_model(cfg, name, params, "translation", vocab, pad)
         attn = models[label].encoder_layers[0].self_attn.kernel  # type: ignore[index, union-attr]
         S = int(np.median([b["src_tokens"].shape[1] for b in batches]))

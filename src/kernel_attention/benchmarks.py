@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -82,6 +83,19 @@ def matmul_flops_per_s(*, n: int = 2048, dtype: torch.dtype = torch.float32, dev
     b = torch.randn(n, n, dtype=dtype, device=device)  # (n, n)
     t = median_time(lambda: a @ b, repeats=repeats, warmup=1, device=device)
     return 2.0 * n**3 / t
+
+
+def kernel_presets(conf_dir: Path, names: Sequence[str] | None = None) -> list[tuple[str, str, dict[str, Any]]]:
+    """(preset label, registered name, params) of every ``<conf_dir>/kernel/*.yaml`` (only ``names`` if given),
+    edp first: it is the SDPA baseline the other rows are compared with."""
+    out = []
+    for path in sorted((conf_dir / "kernel").glob("*.yaml")):
+        params = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+        assert isinstance(params, dict)
+        name = params.pop("name")
+        if names is None or path.stem in names:
+            out.append((path.stem, str(name), params))
+    return sorted(out, key=lambda p: p[0] != "edp")
 
 
 def cpu_model() -> str:
