@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from kernel_attention.attention.fused_tiles import fused_dot_tiles
 from kernel_attention.attention.tile_scores import AutogradScore, TileScore
 
 ScoreFn = Callable[[Tensor, Tensor], Tensor]  # (B, H, tq, D), (B, H, tk, D) -> (B, H, tq, tk)
@@ -63,6 +64,7 @@ class _TiledAttention(torch.autograd.Function):
         out = q.new_zeros(B, H, Tq, Dv)  # (B, H, Tq, Dv)
         # log space: log Σ_j κ_ij (−inf for empty rows); otherwise the safe denominator actually used.
         stat = q.new_zeros(B, H, Tq, 1)  # (B, H, Tq, 1)
+        fused = None if log_space else fused_dot_tiles(score_fn, q, abs_norm)  # compiled tiles (CPU, f(q·k))
         for i0 in range(0, Tq, block_q):
             i1 = min(Tq, i0 + block_q)
             qb = q[:, :, i0:i1]  # (B, H, tq, D)
@@ -71,9 +73,14 @@ class _TiledAttention(torch.autograd.Function):
             m = q.new_full((B, H, i1 - i0, 1), -math.inf)  # (B, H, tq, 1) running max of log κ
             for j0 in _key_blocks(i0, i1, Tk, block_k, offset, causal):
                 j1 = min(Tk, j0 + block_k)
-                s = score_fn.score(qb, k[:, :, j0:j1])  # (B, H, tq, tk)
                 keep = _tile_keep(i0, i1, j0, j1, offset, causal, keep_k, q.device)
                 vb = v[:, :, j0:j1]  # (B, H, tk, Dv)
+                part = None if fused is None else fused.forward(qb, k[:, :, j0:j1], vb, keep)
+                if part is not None:
+                    acc.add_(part[0])  # (B, H, tq, Dv)
+                    den.add_(part[1])  # (B, H, tq, 1)
+                    continue
+                s = score_fn.score(qb, k[:, :, j0:j1])  # (B, H, tq, tk)
                 # Tile-sized work is done in place on s (a fresh tensor the score returns): on CPU a new
                 # tile-sized tensor per op costs as much again as the op (allocation and page faults).
                 if log_space:
@@ -118,6 +125,7 @@ class _TiledAttention(torch.autograd.Function):
         else:
             g_num = g_out / stat  # (B, H, Tq, Dv)
             g_den = torch.where(stat.abs() > eps, -g_dot_out / stat, 0.0)  # (B, H, Tq, 1)
+        fused = None if log_space else fused_dot_tiles(score_fn, q, abs_norm)
         for i0 in range(0, Tq, block_q):
             i1 = min(Tq, i0 + block_q)
             for j0 in _key_blocks(i0, i1, Tk, block_k, offset, causal):
@@ -125,6 +133,13 @@ class _TiledAttention(torch.autograd.Function):
                 keep = _tile_keep(i0, i1, j0, j1, offset, causal, keep_k, q.device)
                 qb, kb = q[:, :, i0:i1], k[:, :, j0:j1]  # (B, H, tq, D), (B, H, tk, D)
                 vb, gb = v[:, :, j0:j1], g_out[:, :, i0:i1]  # (B, H, tk, Dv), (B, H, tq, Dv)
+                if fused is not None:
+                    part = fused.backward(qb, kb, vb, g_num[:, :, i0:i1], g_den[:, :, i0:i1], keep)
+                    if part is not None:
+                        dq[:, :, i0:i1] += part[0]  # (B, H, tq, D)
+                        dk[:, :, j0:j1] += part[1]  # (B, H, tk, D)
+                        dv[:, :, j0:j1] += part[2]  # (B, H, tk, Dv)
+                        continue
                 s, vjp = score_fn.score_and_vjp(qb, kb)  # (B, H, tq, tk), d(score) -> (dq, dk)
                 if log_space:
                     if keep is not None:

@@ -71,26 +71,29 @@ class AutogradScore(TileScore):
 
 class DotScore(TileScore):
     """s = f(u), u = (q·k)·scale; ``df`` = f'. Backward: dU = g·f'(u), dq = dU k·scale, dk = dUᵀ q·scale.
-    ``f`` may overwrite u; ``df`` must not."""
+    ``f(u, *params)`` may overwrite u; ``df(u, *params)`` must not. Module-level ``f``/``df`` (not closures)
+    also let the CPU tiled path use compiled, fused tile bodies (``fused_tiles.py``) shared by all instances."""
 
-    def __init__(self, f: Callable[[Tensor], Tensor], df: Callable[[Tensor], Tensor], scale: float) -> None:
-        self.f, self.df, self.scale = f, df, scale
+    def __init__(
+        self, f: Callable[..., Tensor], df: Callable[..., Tensor], scale: float, params: tuple = ()
+    ) -> None:
+        self.f, self.df, self.scale, self.params = f, df, scale, tuple(params)
 
     def _u(self, q: Tensor, k: Tensor) -> Tensor:
         return (q * self.scale) @ k.transpose(-2, -1)  # (B, H, tq, tk): scaling q is tq·D work, not tq·tk
 
     def score(self, q: Tensor, k: Tensor) -> Tensor:
-        return self.f(self._u(q, k))  # (B, H, tq, tk)
+        return self.f(self._u(q, k), *self.params)  # (B, H, tq, tk)
 
     def score_and_vjp(self, q: Tensor, k: Tensor) -> tuple[Tensor, Vjp]:
         u = self._u(q, k)  # (B, H, tq, tk)
-        d = self.df(u)  # (B, H, tq, tk) before f consumes u
+        d = self.df(u, *self.params)  # (B, H, tq, tk) before f consumes u
 
         def vjp(g: Tensor) -> tuple[Tensor, Tensor]:
             du = g.mul_(d)  # (B, H, tq, tk); g is the caller's fresh tile
             return (du @ k) * self.scale, (du.transpose(-2, -1) @ q) * self.scale  # (B,H,tq,D), (B,H,tk,D)
 
-        return self.f(u), vjp
+        return self.f(u, *self.params), vjp
 
 
 class SqDistScore(TileScore):

@@ -47,6 +47,17 @@ class PolynomialConfig(SignedKernelConfig):
             raise ConfigError(f"kernel.c={self.c} must be >= 0 (c < 0 breaks positive definiteness)")
 
 
+def _shifted_power(u: Tensor, c: float, p: int) -> Tensor:
+    """(u + c)^p, overwriting u (the tiled path's tile; module-level so compiled tiles are shared)."""
+    u = u.add_(c)
+    return u.mul_(u) if p == 2 else u.pow_(p)  # one multiply for the common quadratic
+
+
+def _shifted_power_grad(u: Tensor, c: float, p: int) -> Tensor:
+    """d/du (u + c)^p = p (u + c)^(p−1); u is not modified."""
+    return (u + c).mul_(p) if p == 2 else (u + c).pow_(p - 1).mul_(p)
+
+
 @KERNELS.register("polynomial")
 class PolynomialKernel(Kernel):
     """κ(q, k) = (q·k/√d + c)^p: feature dim C(d+p, p), symmetric, PD (c ≥ 0), signed iff p is odd."""
@@ -75,16 +86,7 @@ class PolynomialKernel(Kernel):
         return (s + self.c) ** self.p  # (B, H, Tq, Tk)
 
     def tile_score(self) -> TileScore:
-        p, c = self.p, self.c
-
-        def f(u: Tensor) -> Tensor:  # may overwrite u
-            u = u.add_(c)
-            return u.mul_(u) if p == 2 else u.pow_(p)  # one multiply for the common quadratic
-
-        def df(u: Tensor) -> Tensor:  # must not overwrite u
-            return (u + c).mul_(p) if p == 2 else (u + c).pow_(p - 1).mul_(p)
-
-        return DotScore(f, df, 1.0 / math.sqrt(self.head_dim))
+        return DotScore(_shifted_power, _shifted_power_grad, 1.0 / math.sqrt(self.head_dim), (self.c, self.p))
 
     def feature_map(self, x: Tensor) -> Tensor:
         psi = x / self.head_dim**0.25  # (B, H, T, D): ψ(q)·ψ(k) = q·k/√d

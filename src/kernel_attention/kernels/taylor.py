@@ -58,6 +58,11 @@ def _taylor_exp_1alloc(s: Tensor, p: int) -> Tensor:
     return acc
 
 
+def _taylor_exp_grad(s: Tensor, p: int) -> Tensor:
+    """d/ds Σ_{i≤p} s^i/i! = Σ_{i≤p−1} s^i/i!: the series one order shorter; s is not modified."""
+    return _taylor_exp_1alloc(s, p - 1)
+
+
 @KERNELS.register("taylor")
 class TaylorKernel(Kernel):
     """κ(q, k) = Σ_{i≤p} (q·k/√d)^i/i!: finite feature dim, symmetric, PD, positive."""
@@ -80,9 +85,7 @@ class TaylorKernel(Kernel):
 
     def tile_score(self) -> TileScore:
         # d/ds Σ_{i≤p} s^i/i! = Σ_{i≤p−1} s^i/i!: the derivative is the series one order shorter.
-        p = self.p
-        return DotScore(lambda u: _taylor_exp_1alloc(u, p), lambda u: _taylor_exp_1alloc(u, p - 1),
-                        1.0 / math.sqrt(self.head_dim))
+        return DotScore(_taylor_exp_1alloc, _taylor_exp_grad, 1.0 / math.sqrt(self.head_dim), (self.p,))
 
     def feature_map(self, x: Tensor) -> Tensor:
         psi = x / self.head_dim**0.25  # (B, H, T, D): ψ(q)·ψ(k) = s
