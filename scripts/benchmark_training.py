@@ -10,7 +10,9 @@ Every model trains on the SAME list of batches: real Multi30k training batches (
 ``ensure_prepared`` on conf/task/multi30k.yaml with KA_DATA_ROOT, token-budget sampler, seed 0) or, if that
 data is unavailable (or ``--synthetic``), random tokens with Multi30k-like lengths. One training step is
 forward, label-smoothed cross-entropy (0.1, fairseq's), backward and an AdamW update (lr 5e-4, betas 0.9/0.98),
-identical for all models. ``torch.nn.Transformer`` gets the same sizes, dropout, post-norm, sinusoidal
+identical for all models. ``--loss fused`` (default; what ``train.py`` runs) fuses the output projection into the
+loss (``tasks/losses.py``, no (N, V) logits), for the baseline too; ``--loss logits`` materialises the logits and
+calls ``F.cross_entropy``. ``torch.nn.Transformer`` gets the same sizes, dropout, post-norm, sinusoidal
 positions, token embeddings and a decoder output projection tied to the target embedding, so the only
 difference from our ``edp`` model is the implementation (it also has final encoder/decoder LayerNorms,
 ~0.1 % of the FLOPs).
@@ -44,6 +46,7 @@ from kernel_attention.benchmarks import DTYPES, kernel_presets, machine_info, ma
 from kernel_attention.models import ModelConfig, build_model
 from kernel_attention.models.transformer import sinusoidal_table
 from kernel_attention.registry import config_from_mapping
+from kernel_attention.tasks import linear_label_smoothed_nll
 
 REPO = Path(__file__).resolve().parents[1]
 BASELINE = "torch.nn.Transformer"
@@ -72,8 +75,12 @@ class TorchTransformer(nn.Module):
     def embed(self, emb: nn.Embedding, tokens: Tensor) -> Tensor:
         return self.dropout(emb(tokens) * self.scale + self.table[: tokens.shape[1]])  # (B, T, C)
 
-    def forward(self, src_tokens: Tensor, prev_output_tokens: Tensor) -> Tensor:
-        """src (B, S), prev_output_tokens (B, T) → logits (B, T, V)."""
+    @property
+    def output_weight(self) -> Tensor:
+        return self.tgt_embed.weight  # (V, C), tied output projection
+
+    def forward(self, src_tokens: Tensor, prev_output_tokens: Tensor, features_only: bool = False) -> Tensor:
+        """src (B, S), prev_output_tokens (B, T) → logits (B, T, V) (hidden (B, T, C) with ``features_only``)."""
         T = prev_output_tokens.shape[1]
         src_pad = src_tokens.eq(self.pad_id)  # (B, S)
         causal = nn.Transformer.generate_square_subsequent_mask(T, device=src_tokens.device)  # (T, T)
@@ -81,7 +88,7 @@ class TorchTransformer(nn.Module):
             self.embed(self.src_embed, src_tokens), self.embed(self.tgt_embed, prev_output_tokens),
             tgt_mask=causal, tgt_is_causal=True, src_key_padding_mask=src_pad, memory_key_padding_mask=src_pad,
         )  # (B, T, C)
-        return x @ self.tgt_embed.weight.t()  # (B, T, V)
+        return x if features_only else x @ self.output_weight.t()  # (B, T, C) or (B, T, V)
 
 
 def load_preset(kind: str, name: str) -> dict:
@@ -153,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="autocast dtype (bf16 on GPU)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--compile", action="store_true", help="torch.compile every model")
+    ap.add_argument("--loss", choices=["fused", "logits"], default="fused",
+                    help="fused output projection + loss (train.py's) or logits + F.cross_entropy; same for all")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--gemm-n", type=int, default=2048)
     ap.add_argument("--quick", action="store_true", help="smoke test: tiny model, synthetic, 1 step")
@@ -189,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         S = int(np.median([b["src_tokens"].shape[1] for b in batches]))
         paths[label] = attn.resolve_path(S, S)  # what auto runs at the median length
     opts = {}
+    raw = dict(models)  # the uncompiled modules (output_weight)
     for key, m in list(models.items()):
         m.to(device).train()
         opts[key] = torch.optim.AdamW(m.parameters(), lr=5e-4, betas=(0.9, 0.98), weight_decay=0.0)
@@ -197,9 +207,14 @@ def main(argv: list[str] | None = None) -> int:
 
     def step(key: str, batch: dict) -> None:
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype != torch.float32):
-            logits = models[key](batch["src_tokens"], batch["prev_output_tokens"])  # (B, T, V)
-            loss = F.cross_entropy(logits.float().flatten(0, 1), batch["target"].flatten(), ignore_index=pad,
-                                   label_smoothing=0.1, reduction="sum") / batch["ntokens"]
+            if args.loss == "fused":
+                hidden = models[key](batch["src_tokens"], batch["prev_output_tokens"], features_only=True)  # (B,T,C)
+                weight = raw[key].output_weight  # (V, C)
+                loss = linear_label_smoothed_nll(hidden, weight, batch["target"], 0.1, pad)[0] / batch["ntokens"]
+            else:
+                logits = models[key](batch["src_tokens"], batch["prev_output_tokens"])  # (B, T, V)
+                loss = F.cross_entropy(logits.float().flatten(0, 1), batch["target"].flatten(), ignore_index=pad,
+                                       label_smoothing=0.1, reduction="sum") / batch["ntokens"]
         loss.backward()
         opts[key].step()
         opts[key].zero_grad(set_to_none=True)
@@ -247,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         batches=f"{len(batches)} batches, mean {np.mean([b['src_tokens'].shape[0] for b in batches]):.0f} "
                 f"sentences × {np.mean([b['src_tokens'].shape[1] for b in batches]):.1f} src tokens, "
                 f"target padding {100 * (1 - n_real / n_pad):.0f} %",
-        dtype=args.dtype, compile=args.compile,
+        dtype=args.dtype, compile=args.compile, loss=args.loss,
         matmul_gflops_per_s=f"{peak / 1e9:.1f} (fp32 GEMM n={args.gemm_n}; before {gemm[0] / 1e9:.1f}, "
                             f"after {gemm[1] / 1e9:.1f})",
         command="python " + " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),

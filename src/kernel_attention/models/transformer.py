@@ -156,8 +156,15 @@ class Decoder(nn.Module):
             self.output = nn.Linear(cfg.d_model, vocab_size, bias=False)
             nn.init.normal_(self.output.weight, mean=0.0, std=cfg.d_model**-0.5)
 
-    def forward(self, tokens: Tensor, enc: EncoderOut | None = None, cache: DecoderCache | None = None) -> Tensor:
-        """tokens (B, T) — only the new ones when ``cache`` is given → logits (B, T, V)."""
+    @property
+    def output_weight(self) -> Tensor:
+        """(V, C) the output projection: the target embedding when tied."""
+        return self.embed.tokens.weight if self.output is None else self.output.weight
+
+    def forward(self, tokens: Tensor, enc: EncoderOut | None = None, cache: DecoderCache | None = None,
+                features_only: bool = False) -> Tensor:
+        """tokens (B, T) — only the new ones when ``cache`` is given → logits (B, T, V), or with
+        ``features_only`` the final hidden states (B, T, C) (the training loss fuses the projection)."""
         offset = cache.pos if cache is not None else 0
         x = self.embed(tokens, offset)  # (B, T, C)
         if cache is not None and not cache.layers:
@@ -172,8 +179,7 @@ class Decoder(nn.Module):
         if cache is not None:
             cache.pos += tokens.shape[1]
         x = self.final_norm(x)  # (B, T, C)
-        weight = self.embed.tokens.weight if self.output is None else self.output.weight  # (V, C)
-        return x @ weight.t()  # (B, T, V)
+        return x if features_only else x @ self.output_weight.t()  # (B, T, C) or (B, T, V)
 
 
 class EncoderDecoderTransformer(nn.Module):
@@ -204,9 +210,14 @@ class EncoderDecoderTransformer(nn.Module):
         """prev_output_tokens (B, T) → logits (B, T, V). With a cache pass only the new tokens."""
         return self.decoder(prev_output_tokens, enc, cache)
 
-    def forward(self, src_tokens: Tensor, prev_output_tokens: Tensor) -> Tensor:
-        """Teacher forcing: src (B, S), prev_output_tokens (B, T) → logits (B, T, V)."""
-        return self.decode(prev_output_tokens, self.encode(src_tokens))
+    @property
+    def output_weight(self) -> Tensor:
+        return self.decoder.output_weight  # (V, C)
+
+    def forward(self, src_tokens: Tensor, prev_output_tokens: Tensor, features_only: bool = False) -> Tensor:
+        """Teacher forcing: src (B, S), prev_output_tokens (B, T) → logits (B, T, V) (hidden (B, T, C) with
+        ``features_only``)."""
+        return self.decoder(prev_output_tokens, self.encode(src_tokens), features_only=features_only)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -222,9 +233,13 @@ class DecoderOnlyLM(nn.Module):
         self.cfg, self.pad_id = cfg, pad_id
         self.decoder = Decoder(cfg, kernel_name, kernel_cfg, vocab_size, pad_id, cross=False)
 
-    def forward(self, tokens: Tensor, cache: DecoderCache | None = None) -> Tensor:
-        """tokens (B, T) → logits (B, T, V)."""
-        return self.decoder(tokens, None, cache)
+    @property
+    def output_weight(self) -> Tensor:
+        return self.decoder.output_weight  # (V, C)
+
+    def forward(self, tokens: Tensor, cache: DecoderCache | None = None, features_only: bool = False) -> Tensor:
+        """tokens (B, T) → logits (B, T, V) (hidden (B, T, C) with ``features_only``)."""
+        return self.decoder(tokens, None, cache, features_only=features_only)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -19,25 +19,7 @@ from kernel_attention.config import TaskConfig
 from kernel_attention.data import PreparedData, ShardedBatchSampler
 from kernel_attention.models import build_model
 from kernel_attention.registry import Registry
-
-
-def label_smoothed_nll(logits: Tensor, target: Tensor, eps: float, pad: int) -> tuple[Tensor, Tensor, int]:
-    """Summed label-smoothed cross-entropy and summed NLL over non-pad targets, and their count.
-
-    logits (B, T, V), target (B, T). Smoothing spreads ``eps`` uniformly over the vocabulary (PyTorch's
-    convention; fairseq spreads it over V-1 classes, a negligible difference). The maths is in fp32 even
-    under bf16 autocast: log-softmax over a large vocabulary is where low precision hurts."""
-    lprobs = logits.float().log_softmax(dim=-1)  # (B, T, V)
-    keep = target.ne(pad)  # (B, T)
-    nll = -lprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1)  # (B, T)
-    nll = nll.masked_fill(~keep, 0.0).sum()
-    if eps > 0:
-        smooth = -lprobs.mean(dim=-1)  # (B, T): cross-entropy against the uniform distribution
-        smooth = smooth.masked_fill(~keep, 0.0).sum()
-        loss = (1.0 - eps) * nll + eps * smooth
-    else:
-        loss = nll
-    return loss, nll, int(keep.sum())
+from kernel_attention.tasks.losses import linear_label_smoothed_nll
 
 
 class Task:
@@ -67,14 +49,18 @@ class Task:
         raise NotImplementedError
 
     # ---- maths --------------------------------------------------------------------------------------------
-    def forward(self, model: nn.Module, batch: dict[str, Any]) -> Tensor:
+    def forward(self, model: nn.Module, batch: dict[str, Any], features_only: bool = False) -> Tensor:
+        """logits (B, T, V), or the decoder's final hidden states (B, T, C) with ``features_only``."""
         raise NotImplementedError
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, int, dict[str, float]]:
         """(summed training loss, sample_size = target tokens, logs). The loop divides by the total sample
-        size of the update (over micro-batches and ranks), so every token weighs the same (fairseq)."""
-        logits = self.forward(model, batch)  # (B, T, V)
-        loss, nll, ntok = label_smoothed_nll(logits, batch["target"], self.label_smoothing, self.vocab.pad)
+        size of the update (over micro-batches and ranks), so every token weighs the same (fairseq).
+        The output projection is fused into the loss (``tasks/losses.py``): same value, no (B, T, V) logits."""
+        hidden = self.forward(model, batch, features_only=True)  # (B, T, C)
+        weight = unwrap(model).output_weight  # (V, C)
+        loss, nll, ntok = linear_label_smoothed_nll(hidden, weight, batch["target"], self.label_smoothing,
+                                                    self.vocab.pad)
         logs = {"loss": float(loss.detach()), "nll_loss": float(nll.detach()), "ntokens": ntok,
                 "nsentences": int(batch["target"].shape[0])}
         return loss, ntok, logs
@@ -96,8 +82,9 @@ class Task:
         for batch in self.valid_batches(num_replicas, rank, max_batches):
             batch = to_device(batch, device)
             with autocast() if autocast else contextlib.nullcontext():
-                logits = self.forward(model, batch)  # (B, T, V)
-            _, nll, ntok = label_smoothed_nll(logits, batch["target"], 0.0, self.vocab.pad)
+                hidden = self.forward(model, batch, features_only=True)  # (B, T, C)
+                _, nll, ntok = linear_label_smoothed_nll(hidden, unwrap(model).output_weight, batch["target"],
+                                                         0.0, self.vocab.pad)
             total += float(nll)
             count += ntok
         return total, count
@@ -105,6 +92,12 @@ class Task:
     def valid_metrics(self, model: nn.Module, device: torch.device, autocast: Any = None) -> dict[str, float]:
         """Task-specific extras on rank 0 (translation: greedy BLEU); loss/ppl come from ``valid_loss``."""
         return {}
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    from kernel_attention.training.checkpoint import unwrap as _unwrap  # training imports tasks: import late
+
+    return _unwrap(model)
 
 
 def safe_exp(x: float) -> float:

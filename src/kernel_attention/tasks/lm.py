@@ -40,5 +40,5 @@ class LanguageModelingTask(Task):
                 return
             yield collate_lm([self.valid_set[int(j)] for j in indices], pad=self.vocab.pad)
 
-    def forward(self, model: nn.Module, batch: dict[str, Any]) -> Tensor:
-        return model(batch["tokens"])  # (B, T, V)
+    def forward(self, model: nn.Module, batch: dict[str, Any], features_only: bool = False) -> Tensor:
+        return model(batch["tokens"], features_only=features_only)  # (B, T, V) or (B, T, C)

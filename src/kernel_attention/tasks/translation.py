@@ -43,8 +43,8 @@ class TranslationTask(Task):
                 return
             yield self._collate(self.valid_set, indices)
 
-    def forward(self, model: nn.Module, batch: dict[str, Any]) -> Tensor:
-        return model(batch["src_tokens"], batch["prev_output_tokens"])  # (B, T, V)
+    def forward(self, model: nn.Module, batch: dict[str, Any], features_only: bool = False) -> Tensor:
+        return model(batch["src_tokens"], batch["prev_output_tokens"], features_only=features_only)  # (B,T,V|C)
 
     @torch.no_grad()
     def greedy_translate(self, model: nn.Module, src_tokens: Tensor) -> list[list[int]]:
