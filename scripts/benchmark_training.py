@@ -9,7 +9,7 @@
 Every model trains on the SAME list of batches: real Multi30k training batches (the data stage's
 ``ensure_prepared`` on conf/task/multi30k.yaml with KA_DATA_ROOT, token-budget sampler, seed 0) or, if that
 data is unavailable (or ``--synthetic``), random tokens with Multi30k-like lengths. One training step is
-forward, label-smoothed cross-entropy (0.1, fairseq's), backward and an AdamW update (lr 5e-4, betas 0.9/0.98),
+forward, label-smoothed cross-entropy (0.1, fairseq's), backward and a fused AdamW update (lr 5e-4, betas 0.9/0.98),
 identical for all models. ``--loss fused`` (default; what ``train.py`` runs) fuses the output projection into the
 loss (``tasks/losses.py``, no (N, V) logits), for the baseline too; ``--loss logits`` materialises the logits and
 calls ``F.cross_entropy``. ``torch.nn.Transformer`` gets the same sizes, dropout, post-norm, sinusoidal
@@ -201,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     raw = dict(models)  # the uncompiled modules (output_weight)
     for key, m in list(models.items()):
         m.to(device).train()
-        opts[key] = torch.optim.AdamW(m.parameters(), lr=5e-4, betas=(0.9, 0.98), weight_decay=0.0)
+        # fused=True as train.py's build_optimizer uses on CPU and CUDA; the same for every model.
+        opts[key] = torch.optim.AdamW(m.parameters(), lr=5e-4, betas=(0.9, 0.98), weight_decay=0.0, fused=True)
         if args.compile:
             models[key] = torch.compile(m)  # type: ignore[assignment]
 
