@@ -47,6 +47,7 @@ from kernel_attention.models import ModelConfig, build_model
 from kernel_attention.models.transformer import sinusoidal_table
 from kernel_attention.registry import config_from_mapping
 from kernel_attention.tasks import linear_label_smoothed_nll
+from kernel_attention.training.cpu_malloc import keep_freed_memory
 
 REPO = Path(__file__).resolve().parents[1]
 BASELINE = "torch.nn.Transformer"
@@ -163,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--loss", choices=["fused", "logits"], default="fused",
                     help="fused output projection + loss (train.py's) or logits + F.cross_entropy; same for all")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--no-keep-freed-memory", action="store_true",
+                    help="leave glibc malloc's mmap/trim defaults (train.py tunes them on CPU)")
     ap.add_argument("--gemm-n", type=int, default=2048)
     ap.add_argument("--quick", action="store_true", help="smoke test: tiny model, synthetic, 1 step")
     ap.add_argument("--out", type=Path, default=REPO / "experiments" / "benchmarks")
@@ -173,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         args.steps, args.rounds, args.warmup = 1, 1, 1
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.device == "cpu" and not args.no_keep_freed_memory:
+        keep_freed_memory()  # as train.py does on CPU (training/cpu_malloc.py); the same for every model
     device, amp_dtype = torch.device(args.device), DTYPES[args.dtype]
 
     cfg = config_from_mapping(ModelConfig, load_preset("model", args.model), "model")
@@ -264,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"sentences × {np.mean([b['src_tokens'].shape[1] for b in batches]):.1f} src tokens, "
                 f"target padding {100 * (1 - n_real / n_pad):.0f} %",
         dtype=args.dtype, compile=args.compile, loss=args.loss,
+        keep_freed_memory=args.device == "cpu" and not args.no_keep_freed_memory,
         matmul_gflops_per_s=f"{peak / 1e9:.1f} (fp32 GEMM n={args.gemm_n}; before {gemm[0] / 1e9:.1f}, "
                             f"after {gemm[1] / 1e9:.1f})",
         command="python " + " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),

@@ -55,9 +55,10 @@ def test_fused_loss_without_grad_and_all_pad_rows() -> None:
         ref_loss, ref_nll, _ = label_smoothed_nll(h @ w.t(), target, 0.1, pad=0)
     assert not loss.requires_grad and n == int(target.ne(0).sum())
     torch.testing.assert_close(loss, ref_loss.double(), rtol=1e-6, atol=1e-6)  # the reference is fp32
+    torch.testing.assert_close(nll, ref_nll.double(), rtol=1e-6, atol=1e-6)
     loss, nll, n = linear_label_smoothed_nll(h, w, torch.zeros_like(target), 0.1, pad=0)
     g = torch.autograd.grad(loss, (h, w))
-    assert n == 0 and float(loss) == 0.0 and all(float(x.abs().max()) == 0.0 for x in g)
+    assert n == 0 and float(loss) == float(nll) == 0.0 and all(float(x.abs().max()) == 0.0 for x in g)
 
 
 def test_model_features_only_plus_output_weight_give_the_logits() -> None:

@@ -69,3 +69,17 @@ def test_average_and_rotation(tmp_path: Path) -> None:
     assert [p.name for p in paths] == ["checkpoint_2.pt", "checkpoint_3.pt"]
     avg = checkpoint.average_checkpoints(paths)
     assert torch.equal(avg["w"], torch.full((2,), 3.0)) and int(avg["n"]) == 3
+
+
+@pytest.mark.parametrize(("env", "expected"), [("1", True), ("0", False)])
+def test_keep_freed_memory_sets_glibc_malloc_options_unless_disabled(env: str, expected: bool) -> None:
+    import platform
+    import subprocess
+    import sys
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc only")
+    code = "from kernel_attention.training.cpu_malloc import keep_freed_memory as k; print(k(), k())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**__import__("os").environ, "KA_KEEP_FREED_MEMORY": env}).stdout.split()
+    assert out == [str(expected)] * 2

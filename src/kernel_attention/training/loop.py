@@ -29,6 +29,7 @@ from kernel_attention.kernels import build_kernel
 from kernel_attention.tasks import Task, build_task
 from kernel_attention.tasks.base import safe_exp, to_device
 from kernel_attention.training import checkpoint, distributed
+from kernel_attention.training.cpu_malloc import keep_freed_memory
 from kernel_attention.training.loggers import ExperimentLogger, build_logger
 from kernel_attention.training.metrics import environment, now_iso, read_metrics, update_metrics
 from kernel_attention.training.optim import LRSchedule, build_optimizer
@@ -123,6 +124,8 @@ def train(cfg: TrainConfig, run_dir: Path | str, run: RunInfo | None = None,
         device = torch.device(f"cuda:{info.local_rank}")
         torch.cuda.set_device(device)
     _quiet_non_main_ranks(info)
+    if device.type == "cpu":
+        keep_freed_memory()  # no page faults on every step's fresh activations (training/cpu_malloc.py)
 
     plan = plan_run(cfg, run_dir)  # raises ConfigError before anything is written
     if plan.action == "skip":
