@@ -278,8 +278,9 @@ class Kernel(nn.Module):
         )  # (B, H, Tq, Dv)
 
     def linear(self, q: Tensor, k: Tensor, v: Tensor, *, causal: bool, key_padding_mask: Tensor | None) -> Tensor:
-        """O(T) attention through φ; only the 'sum' normaliser factorises through features."""
-        from kernel_attention.attention.feature_map import linear_attention
+        """O(T) attention through φ; only the 'sum' normaliser factorises through features. φ is passed as a map,
+        applied a chunk of tokens at a time, so no (B, H, T, F) feature tensor is kept for backward."""
+        from kernel_attention.attention.linear_attention import linear_attention
 
         if self.normalization == "abs" and self.can_be_negative:
             raise ConfigError(
@@ -287,7 +288,7 @@ class Kernel(nn.Module):
                 "use normalization=sum with path=linear, or path=exact/fast"
             )
         return linear_attention(
-            self.feature_map(q), self.feature_map(k), v,
+            q, k, v, self.feature_map,
             causal=causal, key_padding_mask=key_padding_mask, safe_denominator=self.safe_denominator,
         )  # (B, H, Tq, Dv)
 

@@ -7,7 +7,7 @@ used as published (a positive scale of κ would cancel in the normaliser anyway)
 Properties on (q, k): symmetric (the same φ on both sides); positive definite (an explicit feature map makes
 every Gram matrix ΦΦᵀ ⪰ 0); never negative; feature dimension d.
 
-Paths: ``linear`` = ``fast`` (default for Tq·Tk > 128²) is O(T·d·Dv) through φ (causal: chunked prefix sums);
+Paths: ``linear`` = ``fast`` (default for Tq·Tk > 128²) is O(T·d·Dv) through φ (causal: an RNN over chunks);
 ``exact`` is the reference (and what ``auto`` runs on shorter inputs, where it is quicker).
 """
 
@@ -41,7 +41,7 @@ class LinearKernel(Kernel):
         return self.head_dim
 
     def feature_map(self, x: Tensor) -> Tensor:
-        return F.elu(x) + 1.0  # (B, H, T, D)
+        return F.elu(x).add_(1.0)  # (B, H, T, D); in place: elu's backward needs its input, not its output
 
     def score(self, q: Tensor, k: Tensor) -> Tensor:
         return self.feature_map(q) @ self.feature_map(k).transpose(-2, -1)  # (B, H, Tq, Tk)

@@ -15,7 +15,8 @@ dimension m.
 
 Paths: ``linear`` = ``fast`` (default for Tq·Tk > 128²) O(T·m·Dv); ``exact`` materialises φ(Q)φ(K)ᵀ. All paths
 stabilise exp() as Performer does: queries by their own row max, keys by one max per (batch, head) — both are
-factors the normaliser cancels exactly, so paths agree with the unstabilised κ_ω.
+factors the normaliser cancels exactly, so paths agree with the unstabilised κ_ω. The linear path finds the key
+max in a no-grad pre-pass over chunks of keys, then hands φ to ``attention/linear_attention.py`` as a map.
 """
 
 from __future__ import annotations
@@ -79,22 +80,47 @@ class RandomFeaturesKernel(Kernel):
     def feature_dim(self) -> float:
         return self.m
 
-    def _exponent(self, x: Tensor) -> Tensor:
-        """ω·x' − ‖x'‖²/2 with x' = x/d^¼: (B, H, T, D) → (B, H, T, m)."""
-        # The 1/d^¼ goes into ω (m·D work) and the norm's 1/√d onto a (B, H, T, 1) column, not onto x; the
-        # (B, H, T, m) result is updated in place — m ≥ T at training lengths, so these tensors dominate.
-        c = self.head_dim**-0.25
-        proj = x @ (self.omega.to(x.dtype) * c).T  # (B, H, T, m); matmul's backward does not need its output
-        return proj.sub_((x * x).sum(dim=-1, keepdim=True).mul_(0.5 * c * c))  # (B, H, T, m)
+    def _projection(self, x: Tensor) -> Tensor:
+        """ω·x' with x' = x/d^¼: (B, H, T, D) → (B, H, T, m); the 1/d^¼ goes into ω (m·D work), not onto x."""
+        return x @ (self.omega.to(x.dtype) * self.head_dim**-0.25).T  # (B, H, T, m); backward needs no output
+
+    def _half_sq_norm(self, x: Tensor) -> Tensor:
+        """−‖x'‖²/2 as a (B, H, T, 1) column."""
+        return (x * x).sum(dim=-1, keepdim=True).mul_(-0.5 / self.head_dim**0.5)  # (B, H, T, 1)
+
+    def _exponent(self, x: Tensor, shift: Tensor | None = None) -> Tensor:
+        """ω·x' − ‖x'‖²/2 (− shift) with x' = x/d^¼: (B, H, T, D) → (B, H, T, m); shift (B, H, 1, 1), detached."""
+        # The (B, H, T, m) result is updated in place — m ≥ T at training lengths, so these tensors dominate.
+        # Adding the negated column (bit for bit the same as subtracting it) spares sub's backward a (B, H, T, m)
+        # negation, and a constant shift rides on that column instead of costing another pass over (B, H, T, m).
+        col = self._half_sq_norm(x)  # (B, H, T, 1)
+        return self._projection(x).add_(col if shift is None else col.sub_(shift))  # (B, H, T, m)
 
     def feature_map(self, x: Tensor) -> Tensor:
         return self._exponent(x).exp() / self.m**0.5  # (B, H, T, m), unstabilised: φ(q)·φ(k) = κ_ω exactly
 
+    def _query_features(self, x: Tensor) -> Tensor:
+        """Stabilised φ(x) of queries: exp(exponent − its row max), a per-query factor the normaliser cancels.
+        −‖x'‖²/2 is constant along the row, so the row max absorbs it exactly: it is never computed here."""
+        proj = self._projection(x)  # (B, H, T, m)
+        return proj.sub_(proj.amax(dim=-1, keepdim=True).detach()).exp_()  # (B, H, T, m)
+
+    @torch.no_grad()
+    def _key_max(self, k: Tensor) -> Tensor:
+        """The key stabiliser: one max of the key exponent per (b, h) over all keys and features, a constant
+        (detached), found a chunk of keys at a time so no (B, H, Tk, m) tensor is needed: (B, H, 1, 1).
+        max_r (p_r + c) = (max_r p_r) + c bit for bit (rounding is monotone), so the column is added after."""
+        from kernel_attention.attention.linear_attention import chunk_size
+
+        C = chunk_size(k.shape[-2], k.shape[-1], self.m)  # chunks like those of linear attention
+        maxes = [(self._projection(c).amax(dim=-1, keepdim=True) + self._half_sq_norm(c)).amax(dim=-2, keepdim=True)
+                 for c in k.split(C, dim=-2)]  # (B, H, 1, 1) each
+        return torch.stack(maxes).amax(dim=0)  # (B, H, 1, 1)
+
     def _stable_features(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
-        eq, ek = self._exponent(q), self._exponent(k)  # (B, H, Tq, m), (B, H, Tk, m)
-        eq = eq.sub_(eq.amax(dim=-1, keepdim=True).detach())  # per-query factor: cancels in the normaliser
+        ek = self._exponent(k)  # (B, H, Tk, m)
         ek = ek.sub_(ek.amax(dim=(-2, -1), keepdim=True).detach())  # one factor per (b, h): cancels as well
-        return eq.exp_(), ek.exp_()  # (B, H, Tq, m), (B, H, Tk, m)
+        return self._query_features(q), ek.exp_()  # (B, H, Tq, m), (B, H, Tk, m)
 
     def score(self, q: Tensor, k: Tensor) -> Tensor:
         return self.feature_map(q) @ self.feature_map(k).transpose(-2, -1)  # (B, H, Tq, Tk)
@@ -120,9 +146,14 @@ class RandomFeaturesKernel(Kernel):
         return self.linear(q, k, v, causal=causal, key_padding_mask=key_padding_mask)  # (B, H, Tq, Dv)
 
     def linear(self, q: Tensor, k: Tensor, v: Tensor, *, causal: bool, key_padding_mask: Tensor | None) -> Tensor:
-        from kernel_attention.attention.feature_map import linear_attention
+        from kernel_attention.attention.linear_attention import linear_attention
 
-        fq, fk = self._stable_features(q, k)  # (B, H, Tq, m), (B, H, Tk, m)
+        kmax = self._key_max(k)  # (B, H, 1, 1): no-grad pre-pass, so each key chunk can be stabilised alone
+
+        def key_features(x: Tensor) -> Tensor:
+            return self._exponent(x, kmax).exp_()  # (B, H, c, m)
+
         return linear_attention(
-            fq, fk, v, causal=causal, key_padding_mask=key_padding_mask, safe_denominator=self.safe_denominator
+            q, k, v, self._query_features, key_features,
+            causal=causal, key_padding_mask=key_padding_mask, safe_denominator=self.safe_denominator,
         )  # (B, H, Tq, Dv)
