@@ -217,7 +217,10 @@ class EncoderDecoderTransformer(nn.Module):
     def forward(self, src_tokens: Tensor, prev_output_tokens: Tensor, features_only: bool = False) -> Tensor:
         """Teacher forcing: src (B, S), prev_output_tokens (B, T) → logits (B, T, V) (hidden (B, T, C) with
         ``features_only``)."""
-        return self.decoder(prev_output_tokens, self.encode(src_tokens), features_only=features_only)
+        enc = self.encode(src_tokens)
+        if features_only:
+            return self.decoder(prev_output_tokens, enc, features_only=True)  # (B, T, C)
+        return self.decode(prev_output_tokens, enc)  # (B, T, V): forward = decode ∘ encode, as search uses
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
