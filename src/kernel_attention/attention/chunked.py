@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from kernel_attention.attention.fused_tiles import fused_dot_tiles
+from kernel_attention.attention.fused_tiles import fused_tiles
 from kernel_attention.attention.tile_scores import AutogradScore, TileScore
 
 ScoreFn = Callable[[Tensor, Tensor], Tensor]  # (B, H, tq, D), (B, H, tk, D) -> (B, H, tq, tk)
@@ -64,7 +64,7 @@ class _TiledAttention(torch.autograd.Function):
         out = q.new_zeros(B, H, Tq, Dv)  # (B, H, Tq, Dv)
         # log space: log Σ_j κ_ij (−inf for empty rows); otherwise the safe denominator actually used.
         stat = q.new_zeros(B, H, Tq, 1)  # (B, H, Tq, 1)
-        fused = None if log_space else fused_dot_tiles(score_fn, q, abs_norm)  # compiled tiles (CPU, f(q·k))
+        fused = fused_tiles(score_fn, q, log_space, abs_norm)  # compiled tile bodies (CPU), or None
         for i0 in range(0, Tq, block_q):
             i1 = min(Tq, i0 + block_q)
             qb = q[:, :, i0:i1]  # (B, H, tq, D)
@@ -75,7 +75,12 @@ class _TiledAttention(torch.autograd.Function):
                 j1 = min(Tk, j0 + block_k)
                 keep = _tile_keep(i0, i1, j0, j1, offset, causal, keep_k, q.device)
                 vb = v[:, :, j0:j1]  # (B, H, tk, Dv)
-                part = None if fused is None else fused.forward(qb, k[:, :, j0:j1], vb, keep)
+                part = None if fused is None else fused.forward(qb, k[:, :, j0:j1], vb, keep, m)
+                if part is not None and log_space:
+                    m, alpha, psum, pv = part  # (B, H, tq, 1) ×3, (B, H, tq, Dv)
+                    den = den * alpha + psum
+                    acc = acc.mul_(alpha).add_(pv)
+                    continue
                 if part is not None:
                     acc.add_(part[0])  # (B, H, tq, Dv)
                     den.add_(part[1])  # (B, H, tq, 1)
@@ -125,7 +130,7 @@ class _TiledAttention(torch.autograd.Function):
         else:
             g_num = g_out / stat  # (B, H, Tq, Dv)
             g_den = torch.where(stat.abs() > eps, -g_dot_out / stat, 0.0)  # (B, H, Tq, 1)
-        fused = None if log_space else fused_dot_tiles(score_fn, q, abs_norm)
+        fused = fused_tiles(score_fn, q, log_space, abs_norm)
         for i0 in range(0, Tq, block_q):
             i1 = min(Tq, i0 + block_q)
             for j0 in _key_blocks(i0, i1, Tk, block_k, offset, causal):
@@ -134,7 +139,8 @@ class _TiledAttention(torch.autograd.Function):
                 qb, kb = q[:, :, i0:i1], k[:, :, j0:j1]  # (B, H, tq, D), (B, H, tk, D)
                 vb, gb = v[:, :, j0:j1], g_out[:, :, i0:i1]  # (B, H, tk, Dv), (B, H, tq, Dv)
                 if fused is not None:
-                    part = fused.backward(qb, kb, vb, g_num[:, :, i0:i1], g_den[:, :, i0:i1], keep)
+                    part = (fused.backward(qb, kb, vb, gb, g_dot_out[:, :, i0:i1], keep, lse[:, :, i0:i1])
+                            if log_space else fused.backward(qb, kb, vb, g_num[:, :, i0:i1], g_den[:, :, i0:i1], keep))
                     if part is not None:
                         dq[:, :, i0:i1] += part[0]  # (B, H, tq, D)
                         dk[:, :, j0:j1] += part[1]  # (B, H, tk, D)

@@ -1,4 +1,5 @@
-"""Compiled per-tile bodies of the tiled path for dot-product kernels f(q·k·scale) (polynomial, quadratic, taylor).
+"""Compiled per-tile bodies of the tiled path: dot-product kernels f(q·k·scale) with the plain normaliser
+(polynomial, quadratic, taylor) and squared-distance kernels f(‖q−k‖²) in log space (laplacian).
 
 Why: on CPU the tiled path of these kernels spends as long on tile-sized elementwise passes (f, f', masking,
 the normaliser's row sums, the softmax-free "ds" of the backward) as on its matmuls — each pass streams a
@@ -6,11 +7,14 @@ the normaliser's row sums, the softmax-free "ds" of the backward) as on its matm
 each chain of pointwise ops into one loop between the matmuls: measured on one core, an 8 × 256 × 256 × 64
 quadratic backward tile takes 3.5 ms instead of 6.4 ms (the five matmuls alone are ~2.2 ms).
 
-The functions below are the same maths as the eager branch of ``chunked._TiledAttention`` for the plain
-(non-log) normaliser; the kernel's ``f``/``df`` are traced into the graph. They are used only when
+The functions below are the same maths as the eager branches of ``chunked._TiledAttention``; the kernel's
+``f``/``df`` are traced into the graph. Laplacian's eager tile spends ~60 % of its time outside the GEMMs (sqrt,
+reciprocal, exp, the online-softmax rescaling, the distance-gradient row sums); fused, those become two loops.
+They are used only when
 
-- the score is a ``DotScore`` whose ``f`` and ``df`` are module-level functions (so one compiled graph serves
-  every layer and instance of a kernel: Dynamo guards on the functions' identity and the parameter values),
+- the score is a ``DotScore`` (plain normaliser) or ``SqDistScore`` (log space) whose functions are module-level
+  (so one compiled graph serves every layer and instance of a kernel: Dynamo guards on the functions' identity
+  and the parameter values),
 - the tensors are float32/float64 on CPU (CUDA users have FlexAttention; an uncompiled GPU path stays eager),
 - the tile has at least ``COMPILE_MIN_TILE`` entries (tests and short sequences: compiling is not worth it),
 - ``KA_COMPILE_TILES`` is not ``0``, and compilation has not failed before in this process (then: eager).
@@ -21,13 +25,14 @@ Outputs agree with the eager path to rounding (tests/test_attention_tile_scores.
 from __future__ import annotations
 
 import functools
+import math
 import os
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-from kernel_attention.attention.tile_scores import COMPILE_MIN_TILE, DotScore, TileScore
+from kernel_attention.attention.tile_scores import COMPILE_MIN_TILE, DotScore, SqDistScore, TileScore
 
 
 def _fwd_tile(
@@ -61,12 +66,50 @@ def _bwd_tile(
     return (du @ kb) * scale, (du.transpose(-2, -1) @ qb) * scale, dv  # (B,H,tq,D), (B,H,tk,D), (B,H,tk,Dv)
 
 
+def _sq_dists(qb: Tensor, kb: Tensor) -> Tensor:
+    """max(‖q‖² + ‖k‖² − 2 q·k, 0): (B, H, tq, D), (B, H, tk, D) → (B, H, tq, tk), as ``SqDistScore._d2``."""
+    qq = (qb * qb).sum(dim=-1, keepdim=True)  # (B, H, tq, 1)
+    kk = (kb * kb).sum(dim=-1)[..., None, :]  # (B, H, 1, tk)
+    return (qq + kk - 2.0 * (qb @ kb.transpose(-2, -1))).clamp_min(0.0)  # (B, H, tq, tk)
+
+
+def _fwd_tile_log(
+    qb: Tensor, kb: Tensor, vb: Tensor, keep: Tensor | None, m: Tensor, f: Callable[..., Tensor], params: tuple
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One online-softmax step over a tile of log κ = f(‖q−k‖²): from the running max m (B,H,tq,1) to
+    (new max, rescale factor α for what was summed so far, Σ_j p_ij, Σ_j p_ij v_j), p = exp(log κ − new max)."""
+    s = f(_sq_dists(qb, kb), *params)  # (B, H, tq, tk) log κ
+    if keep is not None:
+        s = torch.where(keep, s, -math.inf)
+    m_new = torch.maximum(m, s.amax(dim=-1, keepdim=True))  # (B, H, tq, 1)
+    m_use = torch.where(torch.isinf(m_new), 0.0, m_new)  # rows with nothing yet: any shift
+    p = (s - m_use).exp()  # (B, H, tq, tk)
+    return m_new, (m - m_use).exp(), p.sum(dim=-1, keepdim=True), p @ vb  # (B,H,tq,1) ×3, (B,H,tq,Dv)
+
+
+def _bwd_tile_log(
+    qb: Tensor, kb: Tensor, vb: Tensor, gb: Tensor, g_dot_out: Tensor, lse: Tensor, keep: Tensor | None,
+    f_and_df: Callable[..., tuple[Tensor, Tensor]], params: tuple,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One backward tile of softmax(f(‖q−k‖²)) attention from g (B,H,tq,Dv), Σ g·out and log Σκ (B,H,tq,1)."""
+    s, d = f_and_df(_sq_dists(qb, kb), *params)  # (B, H, tq, tk) log κ and its derivative in ‖q−k‖²
+    if keep is not None:
+        s = torch.where(keep, s, -math.inf)
+    p = (s - lse).exp()  # (B, H, tq, tk) normalised weights (0 where masked)
+    dv = p.transpose(-2, -1) @ gb  # (B, H, tk, Dv)
+    G = (gb @ vb.transpose(-2, -1) - g_dot_out) * p * d  # (B, H, tq, tk) d(loss)/d‖q−k‖²
+    dq = 2.0 * (qb * G.sum(dim=-1, keepdim=True) - G @ kb)  # (B, H, tq, D)
+    dk = 2.0 * (kb * G.sum(dim=-2)[..., None] - G.transpose(-2, -1) @ qb)  # (B, H, tk, D)
+    return dq, dk, dv
+
+
 @functools.lru_cache(maxsize=1)
-def _compiled() -> tuple[Callable[..., tuple[Tensor, ...]], Callable[..., tuple[Tensor, ...]]] | None:
+def _compiled() -> dict[str, Callable[..., tuple[Tensor, ...]]] | None:
     if os.environ.get("KA_COMPILE_TILES", "1") == "0":
         return None
     try:
-        return torch.compile(_fwd_tile), torch.compile(_bwd_tile)
+        fns = {"dot_fwd": _fwd_tile, "dot_bwd": _bwd_tile, "sq_fwd": _fwd_tile_log, "sq_bwd": _bwd_tile_log}
+        return {name: torch.compile(fn) for name, fn in fns.items()}
     except Exception:  # no compiler backend: the eager tile loop runs
         return None
 
@@ -78,45 +121,62 @@ def _module_level(fn: Callable) -> bool:
     return "<locals>" not in getattr(fn, "__qualname__", "<locals>")
 
 
-class FusedDotTiles:
-    """Compiled forward/backward tile bodies for one ``DotScore``; each call returns None when this tile
-    must run eagerly instead (too small, or the compiler failed — then for the rest of the process)."""
+class FusedTiles:
+    """Compiled forward/backward tile bodies for one score; each call returns None when this tile must run
+    eagerly instead (too small, or the compiler failed — then for the rest of the process)."""
 
-    def __init__(self, score: DotScore, abs_norm: bool) -> None:
+    def __init__(self, score: DotScore | SqDistScore, abs_norm: bool) -> None:
         self.score, self.abs_norm = score, abs_norm
+        self.kind = "dot" if isinstance(score, DotScore) else "sq"
 
-    def _run(self, which: int, *args: object) -> tuple[Tensor, ...] | None:
+    def _run(self, which: str, *args: object) -> tuple[Tensor, ...] | None:
         global _BROKEN
         fns = _compiled()
         if _BROKEN or fns is None:
             return None
         try:
-            return fns[which](*args)
+            return fns[f"{self.kind}_{which}"](*args)
         except Exception:  # a compiler error at first call: eager from now on, same numbers
             _BROKEN = True
             return None
 
-    def forward(self, qb: Tensor, kb: Tensor, vb: Tensor, keep: Tensor | None) -> tuple[Tensor, ...] | None:
+    def forward(
+        self, qb: Tensor, kb: Tensor, vb: Tensor, keep: Tensor | None, m: Tensor | None = None
+    ) -> tuple[Tensor, ...] | None:
+        """dot: (Σκv, Σκ or Σ|κ|); sq (log space, needs the running max m): ``_fwd_tile_log``'s four."""
         if qb.shape[-2] * kb.shape[-2] < COMPILE_MIN_TILE:
             return None
         s = self.score
-        return self._run(0, qb, kb, vb, keep, s.f, s.params, s.scale, self.abs_norm)
+        if isinstance(s, DotScore):
+            return self._run("fwd", qb, kb, vb, keep, s.f, s.params, s.scale, self.abs_norm)
+        return self._run("fwd", qb, kb, vb, keep, m, s.f, s.params)
 
     def backward(
-        self, qb: Tensor, kb: Tensor, vb: Tensor, gn: Tensor, g_den: Tensor, keep: Tensor | None
+        self, qb: Tensor, kb: Tensor, vb: Tensor, g: Tensor, g_row: Tensor, keep: Tensor | None,
+        lse: Tensor | None = None,
     ) -> tuple[Tensor, ...] | None:
+        """dot: g = g_num (B,H,tq,Dv), g_row = g_den (B,H,tq,1); sq: g = g_out, g_row = Σ g·out, lse = log Σκ.
+        → (dq part, dk part, dv part)."""
         if qb.shape[-2] * kb.shape[-2] < COMPILE_MIN_TILE:
             return None
         s = self.score
-        return self._run(1, qb, kb, vb, gn, g_den, keep, s.f, s.df, s.params, s.scale, self.abs_norm)
+        if isinstance(s, DotScore):
+            return self._run("bwd", qb, kb, vb, g, g_row, keep, s.f, s.df, s.params, s.scale, self.abs_norm)
+        return self._run("bwd", qb, kb, vb, g, g_row, lse, keep, s.f_and_df, s.params)
 
 
-def fused_dot_tiles(score: TileScore, q: Tensor, abs_norm: bool) -> FusedDotTiles | None:
+def fused_tiles(score: TileScore, q: Tensor, log_space: bool, abs_norm: bool) -> FusedTiles | None:
     """The compiled tile bodies for ``score`` on tensors like ``q``, or None where they do not apply."""
-    if not isinstance(score, DotScore) or _BROKEN or _compiled() is None:
+    if _BROKEN or _compiled() is None:
         return None
     if q.device.type != "cpu" or q.dtype not in (torch.float32, torch.float64):
         return None
-    if not (_module_level(score.f) and _module_level(score.df)):
+    if isinstance(score, DotScore) and not log_space:
+        fns: tuple[Callable, ...] = (score.f, score.df)
+    elif isinstance(score, SqDistScore) and log_space:
+        fns = (score.f, score.f_and_df)
+    else:
+        return None
+    if not all(_module_level(fn) for fn in fns):
         return None  # closures: Dynamo would recompile per instance; the eager path is as exact
-    return FusedDotTiles(score, abs_norm)
+    return FusedTiles(score, abs_norm)

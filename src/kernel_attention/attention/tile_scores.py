@@ -99,10 +99,13 @@ class DotScore(TileScore):
 class SqDistScore(TileScore):
     """s = f(d2), d2 = max(‖q‖² + ‖k‖² − 2 q·k, 0). Backward: G = g·f'(d2), dq = 2(q ΣG_row − G k),
     dk = 2(k ΣG_col − Gᵀ q). ``f_and_df(d2)`` returns (f(d2), f'(d2)) and may overwrite d2; f' must be 0 where
-    the clamp at 0 is active."""
+    the clamp at 0 is active. Both take ``*params``; module-level functions (not closures) let the CPU tiled
+    path use compiled, fused tile bodies (``fused_tiles.py``)."""
 
-    def __init__(self, f: Callable[[Tensor], Tensor], f_and_df: Callable[[Tensor], tuple[Tensor, Tensor]]) -> None:
-        self.f, self.f_and_df = f, f_and_df
+    def __init__(
+        self, f: Callable[..., Tensor], f_and_df: Callable[..., tuple[Tensor, Tensor]], params: tuple = ()
+    ) -> None:
+        self.f, self.f_and_df, self.params = f, f_and_df, tuple(params)
 
     @staticmethod
     def _d2(q: Tensor, k: Tensor) -> Tensor:
@@ -116,10 +119,10 @@ class SqDistScore(TileScore):
         return d2.view(*lead, tq, tk).clamp_min_(0.0)  # cancellation can dip a hair below 0
 
     def score(self, q: Tensor, k: Tensor) -> Tensor:
-        return self.f(self._d2(q, k))  # (B, H, tq, tk)
+        return self.f(self._d2(q, k), *self.params)  # (B, H, tq, tk)
 
     def score_and_vjp(self, q: Tensor, k: Tensor) -> tuple[Tensor, Vjp]:
-        s, d = self.f_and_df(self._d2(q, k))  # (B, H, tq, tk) each
+        s, d = self.f_and_df(self._d2(q, k), *self.params)  # (B, H, tq, tk) each
 
         def vjp(g: Tensor) -> tuple[Tensor, Tensor]:
             G = g.mul_(d)  # (B, H, tq, tk)

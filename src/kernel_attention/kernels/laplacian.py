@@ -28,6 +28,20 @@ from kernel_attention.registry import ConfigError
 _TINY = 1e-12
 
 
+def _neg_dist(d2: Tensor, sigma: float) -> Tensor:
+    """log κ = −√d2/σ from squared distances (overwritten), as ``log_score`` computes it."""
+    return d2.clamp_min_(_TINY).sqrt_().mul_(-1.0 / sigma)  # (B, H, tq, tk)
+
+
+def _neg_dist_and_grad(d2: Tensor, sigma: float) -> tuple[Tensor, Tensor]:
+    """(−√d2/σ, d/dd2 = −1/(2σ√d2)); the derivative is 0 where the clamp at _TINY holds, as autograd through
+    clamp_min gives. Module-level so the tiled path's compiled tiles are shared by all instances."""
+    clamped = d2 <= _TINY  # (B, H, tq, tk) bool
+    r = d2.clamp_min_(_TINY).sqrt_()  # (B, H, tq, tk) = √d2, in place
+    df = r.reciprocal().mul_(-0.5 / sigma).masked_fill_(clamped, 0.0)
+    return r.mul_(-1.0 / sigma), df
+
+
 @dataclass
 class LaplacianConfig(KernelConfig):
     # σ in exp(−‖q−k‖/σ); null = d^¼ (d = head dim). Must be > 0.
@@ -60,19 +74,7 @@ class LaplacianKernel(Kernel):
         return -sq_dists(q, k).clamp_min(_TINY).sqrt() / self.sigma  # (B, H, Tq, Tk)
 
     def tile_score(self) -> TileScore:
-        sigma = self.sigma
-
-        def f(d2: Tensor) -> Tensor:
-            return d2.clamp_min_(_TINY).sqrt_().mul_(-1.0 / sigma)  # (B, H, tq, tk), as log_score
-
-        def f_and_df(d2: Tensor) -> tuple[Tensor, Tensor]:
-            # d/dd2 of −√d2/σ = −1/(2σ√d2); 0 where the clamp at _TINY holds, as autograd through clamp_min gives.
-            clamped = d2 <= _TINY  # (B, H, tq, tk) bool
-            r = d2.clamp_min_(_TINY).sqrt_()  # (B, H, tq, tk) = √d2, in place
-            df = r.reciprocal().mul_(-0.5 / sigma).masked_fill_(clamped, 0.0)
-            return r.mul_(-1.0 / sigma), df
-
-        return SqDistScore(f, f_and_df)
+        return SqDistScore(_neg_dist, _neg_dist_and_grad, (self.sigma,))
 
     def flex_scale(self) -> float:
         return 1.0  # the score_mod needs the raw q·k
