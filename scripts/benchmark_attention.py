@@ -39,6 +39,7 @@ from kernel_attention.benchmarks import (
 )
 from kernel_attention.kernels import build_kernel
 from kernel_attention.kernels.base import Kernel
+from kernel_attention.training.cpu_malloc import keep_freed_memory
 
 REPO = Path(__file__).resolve().parents[1]
 ROLES = ("noncausal", "causal", "cross")
@@ -132,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    ap.add_argument("--no-keep-freed-memory", action="store_true",
+                    help="leave glibc malloc's mmap/trim defaults (train.py tunes them on CPU)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--max-seconds", type=float, default=8.0, help="time cap per measurement before 1 repeat")
     ap.add_argument("--memory-budget-gb", type=float, default=0.5,
@@ -145,6 +148,11 @@ def main(argv: list[str] | None = None) -> int:
         args.lengths, args.batch, args.heads, args.head_dim, args.repeats = [16, 64], 1, 2, 8, 1
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.device == "cpu" and not args.no_keep_freed_memory:
+        # As train.py on CPU (training/cpu_malloc.py). Without it glibc mmaps each fresh 32 MiB (B, H, T, T)
+        # tensor of the exact path at T = 1024 or not, depending on its dynamic threshold's history: the same
+        # exact run measured 151 or 282 ms (quadratic, cross) in two processes — the ratios became bimodal.
+        keep_freed_memory()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         ap.error("--device cuda but CUDA is not available")
 
@@ -186,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(" ".join(f"{c}={row.get(c)}" for c in COLUMNS if row.get(c) is not None), flush=True)
 
     info = machine_info(args.device)
-    info.update(batch=args.batch, heads=args.heads, head_dim=args.head_dim, dtype=args.dtype,
+    info.update(keep_freed_memory=args.device == "cpu" and not args.no_keep_freed_memory,
+                batch=args.batch, heads=args.heads, head_dim=args.head_dim, dtype=args.dtype,
                 command="python " + " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]))
     notes = [
         "Times in ms (median); peak_mb = peak bytes of tensors allocated during forward+backward (torch.profiler "

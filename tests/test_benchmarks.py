@@ -61,3 +61,11 @@ def test_benchmark_training_quick(tmp_path: Path) -> None:
     rows = check_outputs(tmp_path, "training", mod.COLUMNS)
     assert [r["model"] for r in rows] == [mod.BASELINE, "ours: edp", "ours: ei"]
     assert all(float(r["tokens_per_s"]) > 0 and float(r["mfu"]) > 0 for r in rows)
+
+
+def test_benchmark_gemm_floor_quick(tmp_path: Path) -> None:
+    mod = load_script("benchmark_gemm_floor")
+    assert mod.main(["--quick", "--out", str(tmp_path)]) == 0
+    rows = check_outputs(tmp_path, "gemm_floor", mod.COLUMNS)
+    assert [(r["schedule"], r["gemms"]) for r in rows] == [("exact (materialised)", "6"), ("tiled (recomputing)", "7")]
+    assert all(float(r["gflop"]) == pytest.approx(int(r["gemms"]) * 2 * 8 * 128 * 128 * 64 / 1e9) for r in rows)
