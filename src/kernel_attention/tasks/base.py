@@ -20,6 +20,7 @@ from kernel_attention.data import PreparedData, ShardedBatchSampler
 from kernel_attention.models import build_model
 from kernel_attention.registry import Registry
 from kernel_attention.tasks.losses import linear_label_smoothed_nll
+from kernel_attention.training.checkpoint import unwrap
 
 
 class Task:
@@ -92,12 +93,6 @@ class Task:
     def valid_metrics(self, model: nn.Module, device: torch.device, autocast: Any = None) -> dict[str, float]:
         """Task-specific extras on rank 0 (translation: greedy BLEU); loss/ppl come from ``valid_loss``."""
         return {}
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    from kernel_attention.training.checkpoint import unwrap as _unwrap  # training imports tasks: import late
-
-    return _unwrap(model)
 
 
 def safe_exp(x: float) -> float:
