@@ -32,13 +32,18 @@ def test_tiled_fast_path_matches_exact_at_real_tile_sizes(name: str, params: dic
 
 
 def test_compiled_l1_helpers_match_cdist() -> None:
-    if tile_scores._compiled() is None:
+    if not tile_scores.L1_TILES.available():
         pytest.skip("torch.compile unavailable")
     torch.manual_seed(0)
     q, k = torch.randn(2, 96, 8, dtype=torch.float64), torch.randn(2, 80, 8, dtype=torch.float64)
     k[0, 3] = q[0, 5]  # exact ties: sign(0) = 0 as in cdist's backward
     g = torch.randn(2, 96, 80, dtype=torch.float64)
-    l1, sign_sum = tile_scores._compiled()
+    def l1(*args):
+        return tile_scores.L1_TILES("l1", *args)
+
+    def sign_sum(*args):
+        return tile_scores.L1_TILES("sign_sum", *args)
+
     qq, kk = q.clone().requires_grad_(), k.clone().requires_grad_()
     d = torch.cdist(qq, kk, p=1.0)  # (2, 96, 80)
     gq, gk = torch.autograd.grad(d, (qq, kk), g)
@@ -52,7 +57,7 @@ def test_compiled_l1_helpers_match_cdist() -> None:
 def test_fused_tiles_run_and_match_the_eager_tile_loop(name: str, params: dict, monkeypatch) -> None:
     """The compiled tile bodies (fused_tiles.py) really run for f(q·k) kernels and f(‖q−k‖²) kernels on CPU tiles
     ≥ COMPILE_MIN_TILE — causal, padded and partial tiles — and give the eager loop's outputs and gradients."""
-    if fused_tiles._compiled() is None:
+    if not (fused_tiles.DOT_TILES.available() and fused_tiles.SQ_TILES.available()):
         pytest.skip("torch.compile unavailable")
     calls = []
     real_run = fused_tiles.FusedTiles._run
@@ -74,7 +79,8 @@ def test_fused_tiles_run_and_match_the_eager_tile_loop(name: str, params: dict, 
     for causal in (False, True):
         results = []
         for broken in (False, True):  # fused, then the eager loop (what a compiler failure falls back to)
-            monkeypatch.setattr(fused_tiles, "_BROKEN", broken)
+            for tiles in (fused_tiles.DOT_TILES, fused_tiles.SQ_TILES):
+                monkeypatch.setattr(tiles, "broken", broken)
             out = kern(q, k, v, causal=causal, key_padding_mask=kpm, path="fast")  # (B, H, T, D)
             results.append((out, *torch.autograd.grad((out * w).sum(), (q, k, v))))
         for a, b in zip(*results):

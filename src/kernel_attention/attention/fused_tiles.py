@@ -17,22 +17,21 @@ They are used only when
   and the parameter values),
 - the tensors are float32/float64 on CPU (CUDA users have FlexAttention; an uncompiled GPU path stays eager),
 - the tile has at least ``COMPILE_MIN_TILE`` entries (tests and short sequences: compiling is not worth it),
-- ``KA_COMPILE_TILES`` is not ``0``, and compilation has not failed before in this process (then: eager).
+- ``KA_COMPILE_TILES`` is not ``0``, and compilation has not failed before in this process (then: eager;
+  ``tile_scores.CompiledTiles``, the same rule as the L1 tiles).
 
 Outputs agree with the eager path to rounding (tests/test_attention_tile_scores.py checks float64 to 1e-9).
 """
 
 from __future__ import annotations
 
-import functools
 import math
-import os
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-from kernel_attention.attention.tile_scores import COMPILE_MIN_TILE, DotScore, SqDistScore, TileScore
+from kernel_attention.attention.tile_scores import COMPILE_MIN_TILE, CompiledTiles, DotScore, SqDistScore, TileScore
 
 
 def _fwd_tile(
@@ -103,18 +102,8 @@ def _bwd_tile_log(
     return dq, dk, dv
 
 
-@functools.lru_cache(maxsize=1)
-def _compiled() -> dict[str, Callable[..., tuple[Tensor, ...]]] | None:
-    if os.environ.get("KA_COMPILE_TILES", "1") == "0":
-        return None
-    try:
-        fns = {"dot_fwd": _fwd_tile, "dot_bwd": _bwd_tile, "sq_fwd": _fwd_tile_log, "sq_bwd": _bwd_tile_log}
-        return {name: torch.compile(fn) for name, fn in fns.items()}
-    except Exception:  # no compiler backend: the eager tile loop runs
-        return None
-
-
-_BROKEN = False
+DOT_TILES = CompiledTiles(fwd=_fwd_tile, bwd=_bwd_tile)
+SQ_TILES = CompiledTiles(fwd=_fwd_tile_log, bwd=_bwd_tile_log)
 
 
 def _module_level(fn: Callable) -> bool:
@@ -130,15 +119,7 @@ class FusedTiles:
         self.kind = "dot" if isinstance(score, DotScore) else "sq"
 
     def _run(self, which: str, *args: object) -> tuple[Tensor, ...] | None:
-        global _BROKEN
-        fns = _compiled()
-        if _BROKEN or fns is None:
-            return None
-        try:
-            return fns[f"{self.kind}_{which}"](*args)
-        except Exception:  # a compiler error at first call: eager from now on, same numbers
-            _BROKEN = True
-            return None
+        return (DOT_TILES if self.kind == "dot" else SQ_TILES)(which, *args)  # type: ignore[return-value]
 
     def forward(
         self, qb: Tensor, kb: Tensor, vb: Tensor, keep: Tensor | None, m: Tensor | None = None
@@ -167,15 +148,17 @@ class FusedTiles:
 
 def fused_tiles(score: TileScore, q: Tensor, log_space: bool, abs_norm: bool) -> FusedTiles | None:
     """The compiled tile bodies for ``score`` on tensors like ``q``, or None where they do not apply."""
-    if _BROKEN or _compiled() is None:
-        return None
     if q.device.type != "cpu" or q.dtype not in (torch.float32, torch.float64):
         return None
     if isinstance(score, DotScore) and not log_space:
         fns: tuple[Callable, ...] = (score.f, score.df)
+        tiles = DOT_TILES
     elif isinstance(score, SqDistScore) and log_space:
         fns = (score.f, score.f_and_df)
+        tiles = SQ_TILES
     else:
+        return None
+    if not tiles.available():
         return None
     if not all(_module_level(fn) for fn in fns):
         return None  # closures: Dynamo would recompile per instance; the eager path is as exact

@@ -26,7 +26,6 @@ is kept).
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Callable
 
@@ -143,36 +142,48 @@ def _sign_sum_eager(g: Tensor, x: Tensor, yT: Tensor) -> Tensor:
     return torch.where(xx > yy, gg, torch.where(xx < yy, -gg, 0.0)).sum(-1)  # (…, tq, D)
 
 
-@functools.lru_cache(maxsize=1)
-def _compiled() -> tuple[Callable[..., Tensor], Callable[..., Tensor]] | None:
-    if os.environ.get("KA_COMPILE_TILES", "1") == "0":
-        return None
-    try:
-        return torch.compile(_l1_eager), torch.compile(_sign_sum_eager)
-    except Exception:  # no compiler backend: keep the cdist route
-        return None
+class CompiledTiles:
+    """Tile functions compiled with ``torch.compile`` on first use, with one fallback rule for all of them:
+    ``__call__`` returns None — run the eager code instead — when ``KA_COMPILE_TILES=0``, when compiling is
+    unavailable, or after any call has failed once in this process (a compiler error; the eager code gives
+    the same numbers)."""
+
+    def __init__(self, **fns: Callable[..., object]) -> None:
+        self.fns = fns
+        self.compiled: dict[str, Callable[..., object]] | None = None
+        self.broken = False
+
+    def available(self) -> bool:
+        if self.broken or os.environ.get("KA_COMPILE_TILES", "1") == "0":
+            return False
+        if self.compiled is None:
+            try:
+                self.compiled = {name: torch.compile(fn) for name, fn in self.fns.items()}
+            except Exception:  # no compiler backend
+                self.broken = True
+                return False
+        return True
+
+    def __call__(self, name: str, *args: object) -> object | None:
+        if not self.available():
+            return None
+        try:
+            return self.compiled[name](*args)  # type: ignore[index]
+        except Exception:  # a compiler error at first call: eager from now on
+            self.broken = True
+            return None
 
 
-_COMPILE_BROKEN = False
+L1_TILES = CompiledTiles(l1=_l1_eager, sign_sum=_sign_sum_eager)
 
 
 def _use_compiled(q: Tensor, k: Tensor) -> bool:
     return (
-        not _COMPILE_BROKEN
-        and q.device.type == "cpu"
+        q.device.type == "cpu"
         and q.dtype in (torch.float32, torch.float64)
         and q.shape[-2] * k.shape[-2] >= COMPILE_MIN_TILE
-        and _compiled() is not None
+        and L1_TILES.available()
     )
-
-
-def _try_compiled(which: int, *args: Tensor) -> Tensor | None:
-    global _COMPILE_BROKEN
-    try:
-        return _compiled()[which](*args)  # type: ignore[index]
-    except Exception:  # a compiler error at first call: fall back for the rest of the process
-        _COMPILE_BROKEN = True
-        return None
 
 
 class L1Score(TileScore):
@@ -185,7 +196,7 @@ class L1Score(TileScore):
     def score(self, q: Tensor, k: Tensor) -> Tensor:
         d = None
         if _use_compiled(q, k):
-            d = _try_compiled(0, q, k)  # (B, H, tq, tk)
+            d = L1_TILES("l1", q, k)  # (B, H, tq, tk)
         if d is None:
             d = torch.cdist(q, k, p=1.0)  # (B, H, tq, tk)
         s = d.mul_(self.b)  # (B, H, tq, tk)
@@ -200,8 +211,8 @@ class L1Score(TileScore):
             dq = dk = None
             if _use_compiled(q, k):
                 gT = g.transpose(-2, -1).contiguous()  # (B, H, tk, tq)
-                dq = _try_compiled(1, g.contiguous(), q, k.transpose(-2, -1).contiguous())  # (B, H, tq, D)
-                dk = _try_compiled(1, gT, k, q.transpose(-2, -1).contiguous())  # (B, H, tk, D)
+                dq = L1_TILES("sign_sum", g.contiguous(), q, k.transpose(-2, -1).contiguous())  # (B, H, tq, D)
+                dk = L1_TILES("sign_sum", gT, k, q.transpose(-2, -1).contiguous())  # (B, H, tk, D)
             if dq is None or dk is None:
                 qb, kb = q.detach().requires_grad_(), k.detach().requires_grad_()
                 with torch.enable_grad():
