@@ -31,6 +31,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from kernel_attention.attention.distances import sq_dists
 from kernel_attention.attention.tile_scores import COMPILE_MIN_TILE, CompiledTiles, DotScore, SqDistScore, TileScore
 
 
@@ -65,19 +66,12 @@ def _bwd_tile(
     return (du @ kb) * scale, (du.transpose(-2, -1) @ qb) * scale, dv  # (B,H,tq,D), (B,H,tk,D), (B,H,tk,Dv)
 
 
-def _sq_dists(qb: Tensor, kb: Tensor) -> Tensor:
-    """max(‖q‖² + ‖k‖² − 2 q·k, 0): (B, H, tq, D), (B, H, tk, D) → (B, H, tq, tk), as ``SqDistScore._d2``."""
-    qq = (qb * qb).sum(dim=-1, keepdim=True)  # (B, H, tq, 1)
-    kk = (kb * kb).sum(dim=-1)[..., None, :]  # (B, H, 1, tk)
-    return (qq + kk - 2.0 * (qb @ kb.transpose(-2, -1))).clamp_min(0.0)  # (B, H, tq, tk)
-
-
 def _fwd_tile_log(
     qb: Tensor, kb: Tensor, vb: Tensor, keep: Tensor | None, m: Tensor, f: Callable[..., Tensor], params: tuple
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """One online-softmax step over a tile of log κ = f(‖q−k‖²): from the running max m (B,H,tq,1) to
     (new max, rescale factor α for what was summed so far, Σ_j p_ij, Σ_j p_ij v_j), p = exp(log κ − new max)."""
-    s = f(_sq_dists(qb, kb), *params)  # (B, H, tq, tk) log κ
+    s = f(sq_dists(qb, kb), *params)  # (B, H, tq, tk) log κ
     if keep is not None:
         s = torch.where(keep, s, -math.inf)
     m_new = torch.maximum(m, s.amax(dim=-1, keepdim=True))  # (B, H, tq, 1)
@@ -91,7 +85,7 @@ def _bwd_tile_log(
     f_and_df: Callable[..., tuple[Tensor, Tensor]], params: tuple,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One backward tile of softmax(f(‖q−k‖²)) attention from g (B,H,tq,Dv), Σ g·out and log Σκ (B,H,tq,1)."""
-    s, d = f_and_df(_sq_dists(qb, kb), *params)  # (B, H, tq, tk) log κ and its derivative in ‖q−k‖²
+    s, d = f_and_df(sq_dists(qb, kb), *params)  # (B, H, tq, tk) log κ and its derivative in ‖q−k‖²
     if keep is not None:
         s = torch.where(keep, s, -math.inf)
     p = (s - lse).exp()  # (B, H, tq, tk) normalised weights (0 where masked)
