@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     for label, name, params in kernel_presets(REPO / "conf", args.kernels):
         # The benchmark picks each path itself, so a preset's own `path` option is dropped.
         params = {k: v for k, v in params.items() if k != "path"}
-        kern = build_kernel(name, args.head_dim, params).to(args.device)
+        kern = build_kernel(name, args.head_dim, params, heads=args.heads).to(args.device)
         for role in args.roles:
             for T in args.lengths:
                 exact_ms = exact_mb = None

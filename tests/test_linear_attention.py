@@ -1,5 +1,6 @@
 """attention/linear_attention.py tested directly: the chunked custom-autograd path against the plain materialised
-formula φ(Q)φ(K)ᵀ (values and gradients, float64), gradcheck, what it saves for backward and its peak memory."""
+formula φ(Q)φ(K)ᵀ (values and gradients, float64) — with stabilised keys, trainable maps, positions and the
+signed guard — gradcheck, what it saves for backward and its peak memory."""
 
 from __future__ import annotations
 
@@ -9,18 +10,18 @@ import torch.nn.functional as F
 
 from kernel_attention.attention.feature_map import symmetric_power_features
 from kernel_attention.attention.linear_attention import linear_attention
+from kernel_attention.attention.normaliser import Normaliser
 from kernel_attention.benchmarks import peak_memory_bytes
 from kernel_attention.kernels import build_kernel
 from kernel_attention.kernels.base import keep_mask
 
 torch.set_num_threads(1)
 f64 = torch.float64
-EPS = 1e-6
 
 
-def safe(den: torch.Tensor, eps: float = EPS) -> torch.Tensor:
-    """The kernels' safe_denominator: |den| < eps → ±eps."""
-    return torch.where(den.abs() < eps, torch.where(den < 0, -eps, eps), den)
+def safe(den: torch.Tensor) -> torch.Tensor:
+    """A positive kernel's rule: only an all-zero row (no visible weight) is replaced (by 1: its output is 0)."""
+    return torch.where(den == 0, 1.0, den)
 
 
 def rand(*shape, seed=0):
@@ -35,13 +36,13 @@ FEATURE_MAPS = {
 }
 
 
-def materialised(q, k, v, phi, *, causal, kpm, eps=EPS):
+def materialised(q, k, v, phi, *, causal, kpm):
     """The formula as written: w = φ(Q)φ(K)ᵀ (B, H, Tq, Tk), masked, 'sum' normaliser."""
     w = phi(q) @ phi(k).mT  # (B, H, Tq, Tk)
     mask = keep_mask(q.shape[-2], k.shape[-2], causal=causal, key_padding_mask=kpm, device=q.device)
     if mask is not None:
         w = w * mask
-    return (w @ v) / safe(w.sum(-1, keepdim=True), eps)  # (B, H, Tq, Dv)
+    return (w @ v) / safe(w.sum(-1, keepdim=True))  # (B, H, Tq, Dv)
 
 
 def inputs(B, Tq, Tk, *, D=4, Dv=3, seed=0):
@@ -74,7 +75,7 @@ def test_matches_the_materialised_formula(phi_name, causal, Tq, Tk, chunk, step)
     phi = FEATURE_MAPS[phi_name]
     q, k, v, kpm = inputs(4, Tq, Tk)
     fast = values_and_grads(lambda q, k, v: linear_attention(
-        q, k, v, phi, causal=causal, key_padding_mask=kpm, safe_denominator=safe, chunk=chunk, step=step), q, k, v)
+        q, k, v, phi, causal=causal, key_padding_mask=kpm, chunk=chunk, step=step), q, k, v)
     ref = values_and_grads(lambda q, k, v: materialised(q, k, v, phi, causal=causal, kpm=kpm), q, k, v)
     for what, a, b in zip(("out", "dq", "dk", "dv"), fast, ref):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=lambda m, w=what: f"{w}: {m}")
@@ -86,7 +87,7 @@ def test_separate_query_and_key_maps(causal: bool) -> None:
     q, k, v, kpm = inputs(4, 9, 9)
     phi_q, phi_k = FEATURE_MAPS["favor"], lambda x: FEATURE_MAPS["favor"](x) * 0.5
     fast = values_and_grads(lambda q, k, v: linear_attention(
-        q, k, v, phi_q, phi_k, causal=causal, key_padding_mask=kpm, safe_denominator=safe, chunk=4), q, k, v)
+        q, k, v, phi_q, phi_k, causal=causal, key_padding_mask=kpm, chunk=4), q, k, v)
     ref = values_and_grads(lambda q, k, v: _two_map_reference(q, k, v, phi_q, phi_k, causal, kpm), q, k, v)
     for a, b in zip(fast, ref):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
@@ -101,7 +102,7 @@ def _two_map_reference(q, k, v, phi_q, phi_k, causal, kpm):
 def test_rows_without_visible_keys_give_zero_and_zero_gradients() -> None:
     q, k, v, kpm = inputs(4, 10, 6)  # causal with Tq > Tk: queries 0..3 precede every key
     out, dq, dk, dv = values_and_grads(lambda q, k, v: linear_attention(
-        q, k, v, FEATURE_MAPS["elu+1"], causal=True, key_padding_mask=kpm, safe_denominator=safe, chunk=4), q, k, v)
+        q, k, v, FEATURE_MAPS["elu+1"], causal=True, key_padding_mask=kpm, chunk=4), q, k, v)
     assert torch.isfinite(out).all() and all(torch.isfinite(g).all() for g in (dq, dk, dv))
     assert torch.equal(out[:, :, :4], torch.zeros_like(out[:, :, :4]))  # no key yet
     assert torch.equal(out[3], torch.zeros_like(out[3]))  # every key of batch row 3 is padding
@@ -111,16 +112,28 @@ def test_rows_without_visible_keys_give_zero_and_zero_gradients() -> None:
 
 
 @pytest.mark.parametrize("causal", [False, True])
-def test_clamped_denominators_get_zero_gradient_like_the_exact_path(causal: bool) -> None:
-    """With a large eps many rows clamp: safe'(den) = 0 there, and the chunked backward must agree."""
+def test_guarded_signed_map_matches_the_rule_and_its_gradient(causal: bool) -> None:
+    """A signed map (φ = x: κ = q·k) with a large eps so that many rows hit the guard: where |out| would exceed
+    V/eps (V = max visible ‖v‖) the denominator is ±eps‖num‖/V, a constant; values and gradients as the rule."""
     q, k, v, kpm = inputs(4, 9, 9)
-    big = lambda d: safe(d, 3.0)  # noqa: E731
-    phi = FEATURE_MAPS["elu+1"]
+    eps = 0.4
+    norm = Normaliser(guarded=True, eps=eps)
+
+    def rule(q, k, v):
+        mask = keep_mask(9, 9, causal=causal, key_padding_mask=kpm, device=q.device)  # (B, 1, 9, 9)
+        w = (q @ k.mT) * mask  # (B, H, Tq, Tk)
+        num, den = w @ v, w.sum(-1, keepdim=True)  # (B, H, Tq, Dv), (B, H, Tq, 1)
+        vmax = torch.where(mask, v.abs().amax(-1)[:, :, None, :], 0.0).amax(-1, keepdim=True)  # (B, H, Tq, 1)
+        floor = (eps * num.abs().amax(-1, keepdim=True) / vmax.clamp_min(1e-300)).detach()
+        den = torch.where(den.abs() < floor, torch.where(den < 0, -floor, floor), den)
+        return num / torch.where(den == 0, 1.0, den)
+
     fast = values_and_grads(lambda q, k, v: linear_attention(
-        q, k, v, phi, causal=causal, key_padding_mask=kpm, safe_denominator=big, chunk=2, step=3), q, k, v)
-    ref = values_and_grads(lambda q, k, v: materialised(q, k, v, phi, causal=causal, kpm=kpm, eps=3.0), q, k, v)
-    den = (phi(q) @ phi(k).mT * keep_mask(9, 9, causal=causal, key_padding_mask=kpm, device=q.device)).sum(-1)
-    assert (den.abs() < 3.0).any() and (den.abs() >= 3.0).any()  # both branches of safe run
+        q, k, v, lambda x: x, causal=causal, key_padding_mask=kpm, normaliser=norm, chunk=2, step=3), q, k, v)
+    ref = values_and_grads(rule, q, k, v)
+    w = (q @ k.mT) * keep_mask(9, 9, causal=causal, key_padding_mask=kpm, device=q.device)
+    ratio = (w @ v).abs().amax(-1) / w.sum(-1).abs()  # |out|∞ without the guard
+    assert (ratio > 3.0 * v.abs().max()).any() and (ratio < v.abs().max()).any()  # both branches run
     for a, b in zip(fast, ref):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
@@ -131,7 +144,7 @@ def test_gradcheck(causal, Tq, Tk) -> None:
     kpm = torch.tensor([[False] * Tk, [True] + [False] * (Tk - 1)])  # (2, Tk)
 
     def fn(q, k, v):
-        return linear_attention(q, k, v, _favor3, causal=causal, key_padding_mask=kpm, safe_denominator=safe,
+        return linear_attention(q, k, v, _favor3, causal=causal, key_padding_mask=kpm,
                                 chunk=2, step=1)
 
     assert torch.autograd.gradcheck(fn, (q, k, v), eps=1e-6, atol=1e-7)
@@ -165,7 +178,7 @@ def test_phi_sees_chunks_and_no_feature_tensor_is_saved() -> None:
         seen.clear()
         saved.clear()
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            out = linear_attention(q, k, v, phi, causal=causal, safe_denominator=safe, chunk=C)  # (B, H, T, D)
+            out = linear_attention(q, k, v, phi, causal=causal, chunk=C)  # (B, H, T, D)
         out.sum().backward()
         assert max(seen) <= C and sum(seen) > 3 * T  # chunks only; forward, then recomputed in backward
         assert max(saved) <= B * H * T * D < B * H * T * Fd  # q, k, v, out; the F × (D+1) state is smaller
@@ -197,3 +210,84 @@ def test_peak_memory_at_most_a_quarter_of_exact(name: str, role: str) -> None:
     exact, linear = peak("exact"), peak("linear")
     assert linear <= 0.25 * exact, f"{name} {role}: {linear / 2**20:.1f} MB vs exact {exact / 2**20:.1f} MB"
     assert exact >= 2 * 4 * B * H * T * T  # sanity: the exact path holds at least two fp32 (B, H, T, T) tensors
+
+
+# ---- stabilised keys, trainable maps, positions -------------------------------------------------------------
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("Tq, Tk", SHAPES)
+@pytest.mark.parametrize("chunk, step", [(1, 1), (3, 2), (4, 3), (None, None)])
+def test_stabilised_keys_match_the_formula_across_300_orders_of_magnitude(causal, Tq, Tk, chunk, step) -> None:
+    """φ(k_j) = exp(ℓ_j) φ̃(k_j) with ℓ spread over ±350: the unscaled features would overflow float64, yet
+    every row — causal prefixes with the largest ℓ arriving late, padding on either side — equals the formula
+    computed in log space from the keys that row sees."""
+    q, k, v, kpm = inputs(4, Tq, Tk)
+    g = torch.Generator().manual_seed(11)
+    ell = 350.0 * (2 * torch.rand(4, 2, Tk, 1, generator=g, dtype=f64) - 1)  # (B, H, Tk, 1)
+    ell[:, :, -1] = 700.0  # a huge last key: in the future of almost every causal row, padded in batch row 2
+    phi = FEATURE_MAPS["favor"]
+
+    def stabilised(x):
+        f = phi(x)  # (B, H, c, F)
+        return f / f.amax(-1, keepdim=True).detach()  # bounded by 1, like FAVOR+'s φ̃
+
+    def reference(q, k, v):
+        fk = stabilised(k)  # (B, H, Tk, F)
+        logw = torch.log(stabilised(q) @ fk.mT) + ell.mT  # (B, H, Tq, Tk): log of φ(q)·φ(k) up to a row factor
+        mask = keep_mask(Tq, Tk, causal=causal, key_padding_mask=kpm, device=q.device)
+        logw = logw.masked_fill(~mask, -torch.inf)
+        w = (logw - logw.amax(-1, keepdim=True).clamp_min(-1e300).detach()).exp()  # row-stabilised
+        return (w @ v) / safe(w.sum(-1, keepdim=True))
+
+    fast = values_and_grads(lambda q, k, v: linear_attention(
+        q, k, v, stabilised, causal=causal, key_padding_mask=kpm, k_log_scale=ell, chunk=chunk, step=step), q, k, v)
+    ref = values_and_grads(reference, q, k, v)
+    assert ell.max() - ell.min() > 709  # exp() of the spread overflows float64: unscaled features could not work
+    for what, a, b in zip(("out", "dq", "dk", "dv"), fast, ref):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11, msg=lambda m, w=what: f"{w}: {m}")
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_trainable_map_parameters_get_the_materialised_gradient(causal: bool) -> None:
+    """φ(x) = softmax(x W) with W trainable (a Hedgehog-like map): ∂L/∂W through the chunked backward equals
+    autograd through the materialised formula, as do ∂L/∂(q, k, v)."""
+    q, k, v, kpm = inputs(4, 9, 9)
+    W = rand(4, 6, seed=5).requires_grad_()
+
+    def phi(x):
+        return torch.softmax(x @ W, dim=-1)  # (B, H, c, 6)
+
+    def both(fn):
+        qq, kk, vv = (t.clone().requires_grad_() for t in (q, k, v))
+        out = fn(qq, kk, vv)
+        probe = torch.linspace(-1, 2, out.numel(), dtype=f64).view_as(out)
+        return out.detach(), torch.autograd.grad((out * probe).sum(), (qq, kk, vv, W))
+
+    fast = both(lambda q, k, v: linear_attention(q, k, v, phi, causal=causal, key_padding_mask=kpm, params=[W],
+                                                 chunk=2, step=3))
+    ref = both(lambda q, k, v: materialised(q, k, v, phi, causal=causal, kpm=kpm))
+    torch.testing.assert_close(fast[0], ref[0], rtol=1e-10, atol=1e-12)
+    for a, b in zip(fast[1], ref[1]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_position_aware_maps_see_each_chunk_s_positions(causal: bool) -> None:
+    """φ(x, i) = [x cos θ_i, x sin θ_i] (cosFormer's re-weighting): chunks must get their own positions."""
+    Tq, Tk = 7, 10
+    q, k, v, kpm = inputs(4, Tq, Tk)
+    q, k = q.abs(), k.abs()  # positive features keep κ > 0
+    qpos, kpos = torch.arange(Tq) + (Tk - Tq), torch.arange(Tk)
+
+    def phi(x, pos):
+        th = (pos.to(f64) * 0.1)[:, None]  # (c, 1)
+        return torch.cat([x * th.cos(), x * th.sin()], dim=-1)
+
+    def reference(q, k, v):
+        w = (q @ k.mT) * torch.cos(0.1 * (qpos[:, None] - kpos[None, :]).to(f64))  # (B, H, Tq, Tk)
+        w = w * keep_mask(Tq, Tk, causal=causal, key_padding_mask=kpm, device=q.device)
+        return (w @ v) / safe(w.sum(-1, keepdim=True))
+
+    fast = values_and_grads(lambda q, k, v: linear_attention(
+        q, k, v, phi, causal=causal, key_padding_mask=kpm, q_pos=qpos, k_pos=kpos, chunk=3, step=2), q, k, v)
+    for a, b in zip(fast, values_and_grads(reference, q, k, v)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

@@ -27,45 +27,58 @@ is kept).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
 ScoreFn = Callable[[Tensor, Tensor], Tensor]  # (B, H, tq, D), (B, H, tk, D) -> (B, H, tq, tk)
-Vjp = Callable[[Tensor], tuple[Tensor, Tensor]]  # d(loss)/d(scores) (B, H, tq, tk) -> (dq, dk)
+Vjp = Callable[[Tensor], tuple[Tensor, ...]]  # d(loss)/d(scores) (B, H, tq, tk) -> (dq, dk, *dparams)
 COMPILE_MIN_TILE = 64 * 64  # smaller tiles (tests, short sequences): compile time is not worth it
 
 
 class TileScore:
     """A pairwise score with its gradient. ``score`` for the forward pass (no graph); ``score_and_vjp`` for
-    the backward pass: the recomputed tile and a function mapping d(loss)/d(score) to (d q, d k)."""
+    the backward pass: the recomputed tile and a function mapping d(loss)/d(score) to (d q, d k), followed by
+    one gradient per tensor in ``trainable`` (the kernel's own parameters; none for the hand-written scores).
+    ``position_aware`` scores take the tile's query and key positions (tq,), (tk,) as two more arguments."""
 
-    def __call__(self, q: Tensor, k: Tensor) -> Tensor:
-        return self.score(q, k)
+    position_aware: bool = False
+    trainable: tuple[Tensor, ...] = ()
 
-    def score(self, q: Tensor, k: Tensor) -> Tensor:
+    def __call__(self, q: Tensor, k: Tensor, *pos: Tensor) -> Tensor:
+        return self.score(q, k, *pos)
+
+    def score(self, q: Tensor, k: Tensor, *pos: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def score_and_vjp(self, q: Tensor, k: Tensor) -> tuple[Tensor, Vjp]:
+    def score_and_vjp(self, q: Tensor, k: Tensor, *pos: Tensor) -> tuple[Tensor, Vjp]:
         raise NotImplementedError
 
 
 class AutogradScore(TileScore):
-    """Any differentiable score function; gradients by autograd through a recomputed tile."""
+    """Any differentiable score function; gradients by autograd through a recomputed tile, for q, k and the
+    tensors in ``params`` (which ``fn`` may read: the kernel's trainable parameters)."""
 
-    def __init__(self, fn: ScoreFn) -> None:
+    def __init__(self, fn: ScoreFn, params: Sequence[Tensor] = (), position_aware: bool = False) -> None:
         self.fn = fn
+        self.trainable = tuple(params)
+        self.position_aware = position_aware
 
-    def score(self, q: Tensor, k: Tensor) -> Tensor:
-        return self.fn(q, k)  # (B, H, tq, tk)
+    def score(self, q: Tensor, k: Tensor, *pos: Tensor) -> Tensor:
+        return self.fn(q, k, *pos)  # (B, H, tq, tk)
 
-    def score_and_vjp(self, q: Tensor, k: Tensor) -> tuple[Tensor, Vjp]:
+    def score_and_vjp(self, q: Tensor, k: Tensor, *pos: Tensor) -> tuple[Tensor, Vjp]:
         qb, kb = q.detach().requires_grad_(), k.detach().requires_grad_()
         with torch.enable_grad():
-            s = self.fn(qb, kb)  # (B, H, tq, tk)
+            s = self.fn(qb, kb, *pos)  # (B, H, tq, tk)
+        inputs = (qb, kb, *self.trainable)
+
+        def vjp(g: Tensor) -> tuple[Tensor | None, ...]:
+            return torch.autograd.grad(s, inputs, g, allow_unused=True)  # (dq, dk, *dparams)
+
         # A copy: the caller overwrites the returned tile, and s may be saved by the graph (e.g. exp's output).
-        return s.detach().clone(), lambda g: torch.autograd.grad(s, (qb, kb), g)  # type: ignore[return-value]
+        return s.detach().clone(), vjp  # type: ignore[return-value]
 
 
 class DotScore(TileScore):

@@ -10,12 +10,17 @@ from kernel_attention.kernels.base import (
     Kernel,
     KernelConfig,
     KernelProperties,
+    Positions,
     build_kernel,
+    draw_state_keys,
     keep_mask,
+    kernel_properties,
+    kernels_of,
 )
 
 for _mod in pkgutil.iter_modules(__path__):
     if _mod.name != "base" and not _mod.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_mod.name}")
 
-__all__ = ["INF", "KERNELS", "Kernel", "KernelConfig", "KernelProperties", "build_kernel", "keep_mask"]
+__all__ = ["INF", "KERNELS", "Kernel", "KernelConfig", "KernelProperties", "Positions", "build_kernel",
+           "draw_state_keys", "keep_mask", "kernel_properties", "kernels_of"]

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor
 
-from kernel_attention.kernels.base import INF, KERNELS, Kernel, KernelConfig, ScoreMod, keep_mask
+from kernel_attention.kernels.base import INF, KERNELS, Kernel, KernelConfig, Positions, ScoreMod, keep_mask
 
 
 @dataclass
@@ -57,5 +57,7 @@ class EDPKernel(Kernel):
     def flex_score_mod(self, q: Tensor, k: Tensor) -> ScoreMod:
         return lambda score, b, h, qi, ki: score  # softmax is already exp(q·k/√d)
 
-    def fast(self, q: Tensor, k: Tensor, v: Tensor, *, causal: bool, key_padding_mask: Tensor | None) -> Tensor:
+    def fast(
+        self, q: Tensor, k: Tensor, v: Tensor, *, causal: bool, key_padding_mask: Tensor | None, pos: Positions
+    ) -> Tensor:
         return sdpa(q, k, v, causal=causal, key_padding_mask=key_padding_mask)  # (B, H, Tq, Dv)

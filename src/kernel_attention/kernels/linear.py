@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor
 
-from kernel_attention.kernels.base import KERNELS, Kernel, KernelConfig
+from kernel_attention.kernels.base import KERNELS, Kernel, KernelConfig, Positions
 
 
 @dataclass
@@ -46,5 +46,7 @@ class LinearKernel(Kernel):
     def score(self, q: Tensor, k: Tensor) -> Tensor:
         return self.feature_map(q) @ self.feature_map(k).transpose(-2, -1)  # (B, H, Tq, Tk)
 
-    def fast(self, q: Tensor, k: Tensor, v: Tensor, *, causal: bool, key_padding_mask: Tensor | None) -> Tensor:
-        return self.linear(q, k, v, causal=causal, key_padding_mask=key_padding_mask)  # (B, H, Tq, Dv)
+    def fast(
+        self, q: Tensor, k: Tensor, v: Tensor, *, causal: bool, key_padding_mask: Tensor | None, pos: Positions
+    ) -> Tensor:
+        return self.linear(q, k, v, causal=causal, key_padding_mask=key_padding_mask, pos=pos)  # (B, H, Tq, Dv)

@@ -66,8 +66,8 @@ class PolynomialKernel(Kernel):
     symmetric = True
     positive_definite = True
 
-    def __init__(self, cfg: PolynomialConfig, head_dim: int) -> None:
-        super().__init__(cfg, head_dim)
+    def __init__(self, cfg: PolynomialConfig, head_dim: int, heads: int = 1) -> None:
+        super().__init__(cfg, head_dim, heads)
         self.p, self.c = cfg.p, float(cfg.c)
 
     @property

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kernel_attention.attention.distances import sq_dists
-from kernel_attention.kernels.base import INF, KERNELS, Kernel, KernelConfig, ScoreMod
+from kernel_attention.kernels.base import INF, KERNELS, Kernel, KernelConfig, Positions, ScoreMod
 from kernel_attention.kernels.edp import sdpa
 
 
@@ -49,7 +49,9 @@ class RBFKernel(Kernel):
     def log_score(self, q: Tensor, k: Tensor) -> Tensor:
         return -sq_dists(q, k) / (2.0 * math.sqrt(self.head_dim))  # (B, H, Tq, Tk)
 
-    def fast(self, q: Tensor, k: Tensor, v: Tensor, *, causal: bool, key_padding_mask: Tensor | None) -> Tensor:
+    def fast(
+        self, q: Tensor, k: Tensor, v: Tensor, *, causal: bool, key_padding_mask: Tensor | None, pos: Positions
+    ) -> Tensor:
         D = q.shape[-1]
         extra = 8 - D % 8  # ≥ 1 slot for the norm coordinate, rest zeros to keep the head size a multiple of 8
         half_kk = 0.5 * (k * k).sum(dim=-1, keepdim=True)  # (B, H, Tk, 1)

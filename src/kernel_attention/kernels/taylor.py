@@ -72,8 +72,8 @@ class TaylorKernel(Kernel):
     positive_definite = True
     can_be_negative = False
 
-    def __init__(self, cfg: TaylorConfig, head_dim: int) -> None:
-        super().__init__(cfg, head_dim)
+    def __init__(self, cfg: TaylorConfig, head_dim: int, heads: int = 1) -> None:
+        super().__init__(cfg, head_dim, heads)
         self.p = cfg.p
 
     def feature_dim(self) -> float:

@@ -42,7 +42,7 @@ class MultiheadKernelAttention(nn.Module):
         else:
             self.qkv_proj = nn.Linear(d_model, 3 * d_model)  # one matmul for Q, K and V
         self.out_proj = nn.Linear(d_model, d_model)
-        self.kernel: Kernel = build_kernel(kernel_name, self.head_dim, kernel_cfg)
+        self.kernel: Kernel = build_kernel(kernel_name, self.head_dim, kernel_cfg, heads=heads)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -64,8 +64,10 @@ class MultiheadKernelAttention(nn.Module):
         memory: Tensor | None = None,
         key_padding_mask: Tensor | None = None,
         cache: dict[str, Tensor] | None = None,
+        offset: int = 0,
     ) -> Tensor:
-        """x (B, T, C); memory (B, S, C) for cross-attention; key_padding_mask (B, Tk) True = pad → (B, T, C)."""
+        """x (B, T, C) at positions offset..offset+T−1; memory (B, S, C) for cross-attention; key_padding_mask
+        (B, Tk) True = pad → (B, T, C)."""
         B, T, C = x.shape
         if self.cross:
             q = self._heads(self.q_proj(x))  # (B, H, T, D)
@@ -84,7 +86,9 @@ class MultiheadKernelAttention(nn.Module):
                     v = torch.cat([cache["v"], v], dim=2)  # (B, H, t + T, D)
                 cache["k"], cache["v"] = k, v
         # Causal masking is bottom-right aligned in the kernels, so a cached step (T new queries, t + T keys)
-        # sees exactly the keys it would have seen in a full forward pass.
-        out = self.kernel(q, k, v, causal=self.causal, key_padding_mask=key_padding_mask)  # (B, H, T, D)
+        # sees exactly the keys it would have seen in a full forward pass; the queries' positions (read by
+        # position-aware kernels) are those of the full pass too. Keys sit at 0.. in both roles.
+        out = self.kernel(q, k, v, causal=self.causal, key_padding_mask=key_padding_mask,
+                          q_offset=offset)  # (B, H, T, D)
         out = out.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
         return self.out_proj(out)  # (B, T, C)

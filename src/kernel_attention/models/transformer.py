@@ -102,18 +102,21 @@ class Block(nn.Module):
         memory: Tensor | None = None,
         memory_padding_mask: Tensor | None = None,
         cache: dict[str, dict[str, Tensor]] | None = None,
+        offset: int = 0,
     ) -> Tensor:
-        """x (B, T, C) → (B, T, C)."""
+        """x (B, T, C) at positions offset..offset+T−1 → (B, T, C)."""
         self_cache = cache.setdefault("self", {}) if cache is not None else None
         x = self._residual(
-            x, self.self_norm, lambda h: self.self_attn(h, key_padding_mask=self_padding_mask, cache=self_cache)
+            x, self.self_norm,
+            lambda h: self.self_attn(h, key_padding_mask=self_padding_mask, cache=self_cache, offset=offset),
         )
         if self.cross_attn is not None:
             cross_cache = cache.setdefault("cross", {}) if cache is not None else None
             x = self._residual(
                 x,
                 self.cross_norm,
-                lambda h: self.cross_attn(h, memory=memory, key_padding_mask=memory_padding_mask, cache=cross_cache),
+                lambda h: self.cross_attn(h, memory=memory, key_padding_mask=memory_padding_mask, cache=cross_cache,
+                                          offset=offset),
             )
         return self._residual(x, self.ffn_norm, self.ffn)
 
@@ -175,6 +178,7 @@ class Decoder(nn.Module):
                 memory=enc.out if enc is not None else None,
                 memory_padding_mask=enc.padding_mask if enc is not None else None,
                 cache=cache.layers[i] if cache is not None else None,
+                offset=offset,
             )  # (B, T, C)
         if cache is not None:
             cache.pos += tokens.shape[1]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -74,22 +75,24 @@ def save_interval(ckpt_dir: Path, update: int, model_state: dict[str, Any], meta
         old.unlink(missing_ok=True)
 
 
-def average_checkpoints(paths: list[Path]) -> dict[str, torch.Tensor]:
+def average_checkpoints(paths: list[Path], keep_newest: Collection[str] = ()) -> dict[str, torch.Tensor]:
     """Element-wise mean of the models' floating-point tensors (fairseq ``average_checkpoints.py``);
-    integer buffers are taken from the newest checkpoint."""
+    integer buffers, and the keys in ``keep_newest`` (random draws: an average of draws is no draw), are taken
+    from the newest checkpoint."""
     if not paths:
         raise ValueError("no checkpoints to average")
     total: dict[str, torch.Tensor] = {}
     for p in paths:
         state = load(p)["model"]
         for key, t in state.items():
-            if t.is_floating_point():
+            if t.is_floating_point() and key not in keep_newest:
                 acc = t.detach().to(torch.float64)
                 total[key] = total[key] + acc if key in total else acc
             else:
                 total[key] = t
     last = load(paths[-1])["model"]
-    return {k: (v / len(paths)).to(last[k].dtype) if last[k].is_floating_point() else v for k, v in total.items()}
+    return {k: (v / len(paths)).to(last[k].dtype) if last[k].is_floating_point() and k not in keep_newest else v
+            for k, v in total.items()}
 
 
 def unwrap(model: nn.Module) -> nn.Module:

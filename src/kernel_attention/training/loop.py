@@ -25,7 +25,7 @@ from torch import nn
 
 from kernel_attention.config import TrainConfig
 from kernel_attention.data import PreparedData, ensure_prepared
-from kernel_attention.kernels import build_kernel
+from kernel_attention.kernels import draw_state_keys, kernel_properties
 from kernel_attention.tasks import Task, build_task
 from kernel_attention.tasks.base import safe_exp, to_device
 from kernel_attention.training import checkpoint, distributed
@@ -212,8 +212,8 @@ class Trainer:
             model = torch.compile(model)
         self.model = model
 
-        head_dim = cfg.model.d_model // cfg.model.heads
-        self.kernel_props = build_kernel(cfg.kernel_name, head_dim, cfg.kernel).properties().to_json()
+        # From the model's own kernels: building one here would draw from the (restored) global RNG.
+        self.kernel_props = kernel_properties(self.raw_model).to_json()
         if info.is_main:
             self._start_record(resume_state is not None)
 
@@ -306,7 +306,7 @@ class Trainer:
         if not self.info.is_main or not paths or self.cfg.trainer.average_last < 2:
             return
         paths = paths[-self.cfg.trainer.average_last :]
-        avg = checkpoint.average_checkpoints(paths)
+        avg = checkpoint.average_checkpoints(paths, keep_newest=draw_state_keys(self.raw_model))
         meta = checkpoint.load(paths[-1])
         checkpoint.save(self.ckpt_dir / "avg.pt", {**meta, "model": avg,
                                                    "averaged": [p.name for p in paths]})
