@@ -15,8 +15,9 @@ cancels: each query by exp of its own largest exponent a_i = max_r ω_r·q_i' (a
 its own largest exponent ℓ_j = max_r (ω_r·k_j' − ‖k_j'‖²/2), compensated by the largest ℓ among the keys a query
 can SEE — the visible keys, per causal prefix — so that no future or padded key can move a visible row:
 
-- ``exact``: ``log_score`` = log(φ̃(q_i)·φ̃(k_j)) + a_i + ℓ_j − ‖q_i'‖²/2 − log m (φ̃ = stabilised features), and
-  the base class subtracts each row's max over its visible keys;
+- ``exact``: φ̃(q_i)·φ̃(k_j)·exp(ℓ_j − M_i), M_i = the largest ℓ among row i's visible keys (φ̃ = stabilised
+  features); ``log_score`` = log(φ̃(q_i)·φ̃(k_j)) + a_i + ℓ_j − ‖q_i'‖²/2 − log m is log κ_ω itself (what the
+  tiled path and the tests use);
 - ``linear`` = ``fast`` (default for Tq·Tk > 128²), O(T·m·Dv): φ̃ as maps with the log-scales ℓ handed to
   ``attention/linear_attention.py``, which keeps every query's state relative to its visible prefix.
 """
@@ -30,7 +31,7 @@ import torch
 from torch import Tensor
 
 from kernel_attention.kernels._random_draws import RandomDrawKernel, validate_draws
-from kernel_attention.kernels.base import KERNELS, KernelConfig, Positions
+from kernel_attention.kernels.base import KERNELS, KernelConfig, Positions, keep_mask
 
 
 @dataclass
@@ -87,8 +88,13 @@ class RandomFeaturesKernel(RandomDrawKernel):
 
     def _key_features(self, x: Tensor) -> Tensor:
         """φ̃ of keys: exp(exponent − ℓ), ℓ = the key's own largest exponent (detached): max entry 1."""
+        return self._key_features_and_scales(x)[0]  # (B, H, T, m)
+
+    def _key_features_and_scales(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(φ̃(x), ℓ): (B, H, T, m) with max entry 1 per key, and the detached log-scales (B, H, T, 1)."""
         e = self._key_exponent(x)  # (B, H, T, m)
-        return e.sub_(e.amax(dim=-1, keepdim=True).detach()).exp_()  # (B, H, T, m)
+        ell = e.amax(dim=-1, keepdim=True).detach()  # (B, H, T, 1)
+        return e.sub_(ell).exp_(), ell
 
     @torch.no_grad()
     def _key_log_scales(self, k: Tensor) -> Tensor:
@@ -108,6 +114,22 @@ class RandomFeaturesKernel(RandomDrawKernel):
         # log κ_ω = log Σ_r exp(a_r + e_r) − ‖q'‖²/2 − log m; the detached maxima are added back unchanged, so
         # values and gradients are those of the formula (the logsumexp identity).
         return dots.log() + a_max + ell.transpose(-2, -1) + self._half_sq_norm(q) - math.log(self.m)
+
+    def exact(
+        self, q: Tensor, k: Tensor, v: Tensor, *, causal: bool, key_padding_mask: Tensor | None, pos: Positions
+    ) -> Tensor:
+        """κ_ω materialised as φ̃(q_i)·φ̃(k_j) · exp(ℓ_j − M_i), M_i = the largest ℓ among row i's VISIBLE keys: the
+        same numbers as exp(log_score) up to a row factor, without a log/exp of the (Tq, Tk) weights under
+        autograd (the factor is a detached constant). Every factor is ≤ 1."""
+        fq = self._query_features(q)  # (B, H, Tq, m)
+        fk, ell = self._key_features_and_scales(k)  # (B, H, Tk, m), (B, H, Tk, 1)
+        mask = keep_mask(q.shape[-2], k.shape[-2], causal=causal, key_padding_mask=key_padding_mask, device=q.device)
+        lw = ell.transpose(-2, -1)  # (B, H, 1, Tk)
+        if mask is not None:
+            lw = lw.masked_fill(~mask, -torch.inf)  # (B, H, Tq, Tk)
+        shift = lw.amax(dim=-1, keepdim=True)  # (B, H, Tq|1, 1): −inf for a row that sees nothing
+        scale = torch.where(lw == -torch.inf, 0.0, (lw - shift).exp())  # (B, H, Tq|1, Tk)
+        return self.smooth((fq @ fk.transpose(-2, -1)).mul_(scale), v, mask)  # (B, H, Tq, Dv)
 
     def fast(
         self, q: Tensor, k: Tensor, v: Tensor, *, causal: bool, key_padding_mask: Tensor | None, pos: Positions
