@@ -119,10 +119,12 @@ def _hedgehog(kern, q, k):
 
 
 def _cosformer(kern, q, k, qpos, kpos):
-    """Qin et al. 2022: relu(q_i)·relu(k_j) cos(π/2 · (i − j)/M)."""
+    """Qin et al. 2022: relu(q_i)·relu(k_j) cos(π/2 · (i − j)/M) for positions in [0, M]; beyond M the angle
+    π/2 · i/M is held at π/2 (this package's documented extension)."""
     a, b = _pairs(q, k)
     dot = (F.relu(a) * F.relu(b)).sum(-1)  # (B, H, Tq, Tk)
-    return dot * torch.cos(math.pi / 2 * (qpos[:, None] - kpos[None, :]).to(q.dtype) / kern.M)
+    i, j = (p.clamp(0, kern.M).to(q.dtype)[:, None] for p in (qpos, kpos))  # (Tq, 1), (Tk, 1)
+    return dot * torch.cos(math.pi / 2 * (i - j.T) / kern.M)
 
 
 def reference_kernel(kern: Kernel, q, k, qpos=None, kpos=None) -> torch.Tensor:
@@ -130,10 +132,16 @@ def reference_kernel(kern: Kernel, q, k, qpos=None, kpos=None) -> torch.Tensor:
     d = q.shape[-1]
     a, b = _pairs(q, k)
     s = (a * b).sum(-1) / math.sqrt(d)  # (B, H, Tq, Tk)
-    cfg = kern.cfg
     qpos = torch.arange(q.shape[-2]) if qpos is None else qpos
     kpos = torch.arange(k.shape[-2]) if kpos is None else kpos
-    formulas: dict[str, Callable[[], torch.Tensor]] = {
+    formulas = reference_formulas(kern, q, k, qpos, kpos, a, b, s, d)
+    return formulas[kern.name]()
+
+
+def reference_formulas(kern, q, k, qpos, kpos, a, b, s, d) -> dict[str, Callable[[], torch.Tensor]]:
+    """Kernel name → κ by its formula (lazily: only the kernel's own entry is evaluated)."""
+    cfg = getattr(kern, "cfg", None)
+    return {
         "edp": lambda: s.exp(),
         "rbf": lambda: (-((a - b) ** 2).sum(-1) / (2 * math.sqrt(d))).exp(),
         "laplacian": lambda: (-((a - b) ** 2).sum(-1).sqrt() / (cfg.scale or d**0.25)).exp(),
@@ -148,11 +156,10 @@ def reference_kernel(kern: Kernel, q, k, qpos=None, kpos=None) -> torch.Tensor:
         "hedgehog": lambda: _hedgehog(kern, q, k),
         "cosformer": lambda: _cosformer(kern, q, k, qpos, kpos),
     }
-    return formulas[kern.name]()
 
 
-REFERENCED = {"edp", "rbf", "laplacian", "exp_l1", "ei", "intersection", "polynomial", "taylor", "linear",
-              "random_features", "rff", "hedgehog", "cosformer"}
+# The kernels with a formula above (read off the table itself, so the check cannot drift from it).
+REFERENCED = set(reference_formulas(None, *([None] * 8)))
 
 
 def reference_attention(kern: Kernel, q, k, v, keep: torch.Tensor | None, qpos=None, kpos=None) -> torch.Tensor:

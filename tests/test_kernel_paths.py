@@ -111,22 +111,25 @@ HOSTILE = {
 
 
 def _visible_reference(kern, path, q, k, v, kpm, causal):
-    """Each query row run alone against only the keys it may see (non-causal call, positions kept)."""
+    """Each query row run alone against only the keys it may see (non-causal call, positions kept); differentiable
+    in q, k, v (rows that see nothing are 0)."""
     B, _, Tq, _ = q.shape
     Tk = k.shape[-2]
-    out = torch.zeros(B, H, Tq, v.shape[-1], dtype=q.dtype)  # (B, H, Tq, Dv)
+    zero = q.new_zeros(H, v.shape[-1])  # (H, Dv)
+    rows = []
     for b in range(B):
         for i in range(Tq):
             last = i + Tk - Tq if causal else Tk - 1
             idx = [j for j in range(Tk) if j <= last and not kpm[b, j]]
             if not idx:
-                continue  # sees nothing: 0
+                rows.append(zero)  # sees nothing: 0
+                continue
             lo, hi = idx[0], idx[-1] + 1
             assert idx == list(range(lo, hi)), "visible keys must be contiguous for this reference"
             q_pos = i + (Tk - Tq if causal else 0)
-            out[b, :, i] = kern(q[b : b + 1, :, i : i + 1], k[b : b + 1, :, lo:hi], v[b : b + 1, :, lo:hi],
-                                path=path, q_offset=q_pos, k_offset=lo)[0, :, 0]
-    return out
+            rows.append(kern(q[b : b + 1, :, i : i + 1], k[b : b + 1, :, lo:hi], v[b : b + 1, :, lo:hi],
+                             path=path, q_offset=q_pos, k_offset=lo)[0, :, 0])  # (H, Dv)
+    return torch.stack(rows).view(B, Tq, H, -1).transpose(1, 2)  # (B, H, Tq, Dv)
 
 
 @pytest.mark.parametrize("hostility", list(HOSTILE))
@@ -145,6 +148,7 @@ def test_hidden_keys_never_reach_a_visible_row_in_float32(case: str, role: str) 
 
 
 def _check_hidden_keys(case: str, role: str, s_vis: float, s_hid: float, dtype: torch.dtype, tol: float) -> None:
+    """Values AND gradients of q, k, v equal those of each row run against its visible keys alone."""
     Tq, Tk, causal = ROLES[role]
     B = 3
     kern = _for_paths(case).to(dtype)
@@ -157,12 +161,17 @@ def _check_hidden_keys(case: str, role: str, s_vis: float, s_hid: float, dtype: 
         future[:, :, Tk - 3 :] = True  # the last keys are in the future of the first queries
     k = torch.where(key_hidden | future, s_hid * k, s_vis * k)  # (B, H, Tk, D)
     v = torch.where(key_hidden, 1e3 * v, v)  # hidden values are huge too
-    with torch.no_grad():
-        for p in paths_of(kern):
-            out = kern(q, k, v, causal=causal, key_padding_mask=kpm, path=p)  # (B, H, Tq, Dv)
-            ref = _visible_reference(kern, p, q, k, v, kpm, causal)
-            err = ((out - ref).abs() / (1.0 + ref.abs())).max().item()
-            assert err < tol, f"{p}: a row differs from its visible keys alone by {err:.2e}"
+    probe = torch.linspace(-1, 1, B * H * Tq * v.shape[-1], dtype=dtype).view(B, H, Tq, -1)  # (B, H, Tq, Dv)
+    for p in paths_of(kern):
+        results = []
+        for run in ("full", "visible"):
+            qq, kk, vv = (t.detach().clone().requires_grad_() for t in (q, k, v))
+            out = (kern(qq, kk, vv, causal=causal, key_padding_mask=kpm, path=p) if run == "full"
+                   else _visible_reference(kern, p, qq, kk, vv, kpm, causal))  # (B, H, Tq, Dv)
+            results.append((out.detach(), *torch.autograd.grad((out * probe).sum(), (qq, kk, vv))))
+        for what, a, b in zip(("out", "dq", "dk", "dv"), *results):
+            err = ((a - b).abs() / (1.0 + b.abs())).max().item()
+            assert err < tol, f"{p}: {what} differs from the visible keys alone by {err:.2e}"
 
 
 def test_favor_row_zero_of_a_long_causal_call_is_v0() -> None:

@@ -106,15 +106,26 @@ def test_hedgehog_refuses_a_different_number_of_heads() -> None:
         kern(q, k, v)
 
 
-def test_cosformer_refuses_positions_beyond_its_horizon() -> None:
-    kern = build_kernel("cosformer", D, {"M": 8})
-    q, k, v = qkv(1, 8, 8)
-    kern(q, k, v, causal=True)  # positions 0..7: the largest distance is 7 < M
-    with pytest.raises(ConfigError, match=r"kernel\.M=8"):
-        kern(q, k, v, causal=True, q_offset=1, k_offset=0)  # query 8 attends key 0
-    kern(q[:, :, :1], k, v, q_offset=7)  # cross-attention: query 7 against keys 0..7, at most 7 apart
-    with pytest.raises(ConfigError, match=r"kernel\.M"):
-        kern(q[:, :, :1], k, v, q_offset=8)  # query 8 against key 0
+def test_cosformer_beyond_its_horizon_stays_positive_and_position_consistent() -> None:
+    """Positions past M keep θ = π/2: κ ≥ 0 at any distance, and a decoding step at position 40 (M = 8) equals
+    the full pass's row 40."""
+    kern = build_kernel("cosformer", D, {"M": 8}).double()
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, H, 48, D, generator=g, dtype=torch.float64).abs() for _ in range(3))
+    pos = Positions(0, 0)
+    assert (kern.pair_scores(q, k, pos, log=False) >= 0).all()
+    full = kern(q, k, v, causal=True, path="linear")  # (1, H, 48, D)
+    step = kern(q[:, :, 40:41], k[:, :, :41], v[:, :, :41], causal=True, path="exact")  # q_offset = 40
+    torch.testing.assert_close(step[:, :, 0], full[:, :, 40], rtol=1e-10, atol=1e-12)
+
+
+def test_cosformer_default_horizon_follows_the_task() -> None:
+    """The paper's M = sequence length: the block size on LM tasks, 64 on translation (longest Multi30k sentence)."""
+    from test_train_support import compose
+
+    assert compose(["kernel=cosformer", "task=tinyshakespeare"])["kernel"]["M"] == 256
+    assert compose(["kernel=cosformer", "task=tinyshakespeare", "task.block_size=64"])["kernel"]["M"] == 64
+    assert compose(["kernel=cosformer", "task=multi30k"])["kernel"]["M"] == 64
 
 
 # ---- the maths --------------------------------------------------------------------------------------------
@@ -147,6 +158,9 @@ def test_declared_properties_hold_numerically(path: Path) -> None:
 
 def test_untied_hedgehog_is_asymmetric_and_not_mercer() -> None:
     kern = make_case("hedgehog_untied")
+    with torch.no_grad():  # as after training: the query and key maps start equal (identity) and move apart
+        kern.key_weight.add_(0.5 * torch.randn(kern.key_weight.shape, generator=torch.Generator().manual_seed(0),
+                                               dtype=kern.key_weight.dtype))
     assert kern.properties().to_json() == {"feature_dim": 10, "symmetric": False, "positive_definite": False,
                                            "can_be_negative": False}
     _check_properties(kern)

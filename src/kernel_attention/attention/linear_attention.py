@@ -130,7 +130,7 @@ class _LinearAttention(torch.autograd.Function):
         else:
             P, q0, L = _alignment(Tq, Tk)
             mst = _prefix_shift(lk, P)  # (B, H, 1, 1) or None: the state's shift
-            kw = _key_weights(keep, lk, mst)  # the prefix keys' weights (the chunks' are applied per step)
+            kw = _key_weights(_rows(keep, slice(0, P)), _rows(lk, slice(0, P)), mst)  # the P prefix keys' weights
             state = _key_state(phi_k, k, v, kw, 0, P, C, Fd)  # (B, H, F, E): keys before the diagonal
             for t in range(0, L, C):
                 qs, ks = slice(q0 + t, q0 + t + C), slice(P + t, P + t + C)
@@ -195,7 +195,7 @@ class _LinearAttention(torch.autograd.Function):
                                                  g_nd(qs), dstate, S, lk_c, mq, ref)
             dk[:, :, ks] = grads.vjp(fk, kc, dfk)
         # Keys before the diagonal feed every step; relative to the earliest aligned query's shift.
-        kw = _key_weights(keep, lk, ref)
+        kw = _key_weights(_rows(keep, slice(0, P)), _rows(lk, slice(0, P)), ref)  # (B, ·, P, 1)
         _key_grads(phi_k, k, v, kw, 0, P, C, dstate, dk, dv, grads)
         return (dq, dk, dv, *none, *grads.result())
 

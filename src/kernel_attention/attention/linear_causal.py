@@ -5,7 +5,8 @@ Stabilised keys. A feature map whose values span many orders of magnitude (FAVOR
 features divided by a per-key factor, φ(k_j) = exp(ℓ_j) φ̃(k_j) with max φ̃ = 1, and the log-scales ℓ_j
 (B, H, c, 1; −inf for padded keys). Query i then divides its weights by exp(M_i), M_i = max_{j ≤ i visible} ℓ_j,
 a per-row factor the normaliser cancels exactly — so what a query computes depends on the keys it sees and on
-nothing else. No future or padded key can push a visible weight to 0, and every factor evaluated is ≤ 1:
+nothing else. No future or padded key can push a visible weight to 0, and every factor that is used is ≤ 1
+(above the diagonal exp(ℓ_j − M_i) may overflow; ``tril_`` discards it):
 
     w_ij = φ(q_i)·φ̃(k_j) · exp(ℓ_j − M_i)             (j ≤ i, in the step)
     past_i = φ(q_i) · state · exp(M_state − M_i)      state = Σ_{j<step} φ̃(k_j)ᵀ[v_j, 1] exp(ℓ_j − M_state)

@@ -13,8 +13,9 @@ V_i / eps — V_i = max over the row's VISIBLE keys of ‖v_j‖_∞ — the den
 weighted combination of the visible values; one a million times (eps = 1e-6) larger than every one of them is
 the blow-up, never a legitimate answer. The rule is scale-free — rescaling κ, or v, never changes where it acts —
 and every path computes it from quantities it has anyway (num, den, and a running max of ‖v‖ over visible keys),
-so all paths agree even where it acts. The replaced value is a constant: its gradient is 0, as autograd through
-the exact path gives.
+so all paths agree even where it acts. The replaced denominator is treated as a constant (‖num‖ and V detached):
+in a clamped row the gradient flows through num with the denominator held fixed — a choice, not the derivative of
+the clamped value, and the same on every path (as autograd through the exact path gives).
 """
 
 from __future__ import annotations

@@ -7,13 +7,14 @@ softmaxes over the m features, so φ(q)·φ(k) ∈ (0, 2]: positive and bounded,
 feature dimension is 2m — a finite space that is *learned* rather than an approximation of edp, the study's
 sharpest probe of whether the infinite dimension matters.
 
-Initialisation: each W_h has orthonormal rows (m ≤ d) or columns (m > d) — the identity map of the Hedgehog
-code when m = d, and distinct directions otherwise (copies of the identity would stay copies under training) —
-and b = 0.
+Initialisation: W_h = the identity on the first m coordinates when m ≤ d (the Hedgehog code's identity init at
+m = d), random orthonormal columns when m > d (zero or copied rows would stay alike under training: their
+gradients are equal), and b = 0.
 
 ``tie_qk: true`` (default) applies one map to queries and keys: κ is symmetric and positive definite (φ(q)·φ(k)
-with one φ). ``false`` gives queries and keys their own (W, b): κ(q, k) = φ_q(q)·φ_k(k) is then neither
-symmetric nor PD on (q, k) (its Gram matrices are not symmetric), while still never negative.
+with one φ). ``false`` gives queries and keys their own (W, b) — equal at initialisation, as in the Hedgehog
+code, and apart once trained: κ(q, k) = φ_q(q)·φ_k(k) is then neither symmetric nor PD on (q, k) (its Gram
+matrices are not symmetric), while still never negative.
 
 Paths: ``linear`` (default beyond Tq·Tk = 128², and ``fast``) O(T·2m·Dv), with W, b differentiated through
 every recomputed chunk of φ; ``exact`` materialises φ_q(Q) φ_k(K)ᵀ.
@@ -43,10 +44,10 @@ class HedgehogConfig(KernelConfig):
             raise ConfigError(f"kernel.m={self.m} must be an integer >= 1 (feature dimension 2m)")
 
 
-def _orthogonal_heads(heads: int, m: int, d: int) -> Tensor:
+def _initial_maps(heads: int, m: int, d: int) -> Tensor:
     w = torch.empty(heads, m, d)  # (H, m, d)
     for h in range(heads):
-        nn.init.orthogonal_(w[h])
+        nn.init.eye_(w[h]) if m <= d else nn.init.orthogonal_(w[h])
     return w
 
 
@@ -62,10 +63,10 @@ class HedgehogKernel(Kernel):
     def __init__(self, cfg: HedgehogConfig, head_dim: int, heads: int = 1) -> None:
         super().__init__(cfg, head_dim, heads)
         self.m, self.tie_qk = cfg.m, cfg.tie_qk
-        self.weight = nn.Parameter(_orthogonal_heads(heads, cfg.m, head_dim))  # (H, m, D)
+        self.weight = nn.Parameter(_initial_maps(heads, cfg.m, head_dim))  # (H, m, D)
         self.bias = nn.Parameter(torch.zeros(heads, cfg.m))  # (H, m)
         if not cfg.tie_qk:
-            self.key_weight = nn.Parameter(_orthogonal_heads(heads, cfg.m, head_dim))  # (H, m, D)
+            self.key_weight = nn.Parameter(_initial_maps(heads, cfg.m, head_dim))  # (H, m, D)
             self.key_bias = nn.Parameter(torch.zeros(heads, cfg.m))  # (H, m)
 
     @property

@@ -5,7 +5,8 @@ The histogram intersection kernel (Swain & Ballard 1991; shown PD on non-negativ
 from it; here it is the un-exponentiated control. On q, k ∈ R^d (which can be negative) κ is signed, so the
 kernel smoother needs a normaliser that cannot divide by ~0: ``normalization: abs`` (default) divides by
 Σ_j |κ_ij| — the output is then a bounded signed average of v — while ``sum`` is the formula as written, with
-|den| floored at ``eps``. We know of no published attention result with this raw kernel; the option exists so
+the output capped at (largest visible ‖v‖)/``eps`` where Σκ cancels (``attention/normaliser.py``). We know of
+no published attention result with this raw kernel; the option exists so
 the choice is explicit and recorded. A positive scale of κ cancels in either normaliser, so there is none.
 
 Properties on (q, k): symmetric. NOT positive definite on R^d (κ(x, x) = Σ x_l < 0 for x with negative sum, so

@@ -10,7 +10,8 @@ monomials of degree ≤ p in d variables), C(d+p−1, p) for c = 0 (degree exact
 it exactly: the symmetric p-th tensor power of [q/d^¼, √c].
 
 Normalisation: for odd p the row sum Σ_j κ_ij can be ~0, so ``normalization: abs`` (default; divide by
-Σ_j |κ_ij|) keeps the output a bounded signed average; ``sum`` divides by Σ_j κ_ij with |den| ≥ ``eps``.
+Σ_j |κ_ij|) keeps the output a bounded signed average; ``sum`` divides by Σ_j κ_ij, capping the output at
+(largest visible ‖v‖)/``eps`` where Σκ cancels (``attention/normaliser.py``).
 For even p both are identical. (The papers above do not state a normaliser for signed cases.)
 
 Paths: ``fast`` (default) tiles the plain score (memory O(tile²)); ``linear`` is O(T·F) through φ, F = C(d+p, p)
