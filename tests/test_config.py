@@ -130,7 +130,7 @@ def sweep_values(group: str, values: str) -> list[str]:
     return list(override.sweep_string_iterator()) if override.is_sweep_override() else [str(override.value())]
 
 
-@pytest.mark.parametrize("experiment", ["multi30k_kernels", "shakespeare_kernels", "paper_iwslt"])
+@pytest.mark.parametrize("experiment", ["multi30k_kernels", "shakespeare_kernels", "paper_iwslt", "kernels_mt"])
 def test_every_kernel_sweeps_come_from_the_registry(experiment: str) -> None:
     """A new kernel (one file + one yaml) joins these studies with no edit to them."""
     import yaml
