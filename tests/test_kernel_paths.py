@@ -15,6 +15,7 @@ import torch
 from kernel_cases import (
     CASE_IDS,
     CASES,
+    ROLES,
     TOL64,
     YAML_IDS,
     YAMLS,
@@ -32,15 +33,6 @@ from kernel_attention.kernels.base import keep_mask
 from kernel_attention.registry import ConfigError
 
 torch.set_num_threads(1)
-
-ROLES = {
-    "self": (9, 9, False),
-    "causal_self": (9, 9, True),
-    "cross_longer_keys": (6, 11, False),
-    "cross_shorter_keys": (10, 7, False),
-    "causal_decode": (3, 10, True),
-    "causal_more_queries": (10, 7, True),
-}
 
 
 def _for_paths(case: str) -> Kernel:
