@@ -163,8 +163,8 @@ class Kernel(nn.Module):
     symmetric: ClassVar[bool]
     positive_definite: ClassVar[bool]
     can_be_negative: ClassVar[bool] = False
-    # True where κ depends on the tokens' positions as well as on q and k: ``score``, ``log_score`` and
-    # ``feature_map`` then take a ``pos`` (Positions, or the (T,) position tensor of a chunk of tokens).
+    # True where κ depends on the tokens' positions as well as on q and k: ``score``/``log_score`` then take the
+    # query and key positions (Tq,), (Tk,) and ``feature_map`` the (T,) positions of its tokens as well.
     position_aware: ClassVar[bool] = False
     # The path that ``path=auto`` runs, except on problems with Tq·Tk <= auto_exact_below: there κ is cheap to
     # hold and the one-shot reference is the quickest path on CPU (short training sentences, cached decoding);
@@ -285,7 +285,9 @@ class Kernel(nn.Module):
     def pair_scores(self, q: Tensor, k: Tensor, pos: Positions, *, log: bool) -> Tensor:
         """log κ (``log``) or κ for every (query, key) pair of a call, with positions where κ reads them."""
         fn = self.log_score if log else self.score
-        return fn(q, k, pos) if self.position_aware else fn(q, k)  # (B, H, Tq, Tk)
+        if self.position_aware:
+            return fn(q, k, pos.q(q.shape[-2], q.device), pos.k(k.shape[-2], k.device))  # (B, H, Tq, Tk)
+        return fn(q, k)  # (B, H, Tq, Tk)
 
     def exact(
         self, q: Tensor, k: Tensor, v: Tensor, *, causal: bool, key_padding_mask: Tensor | None, pos: Positions

@@ -83,20 +83,10 @@ class CosformerKernel(Kernel):
         r = F.relu(x)  # (B, H, T, D)
         return torch.cat([r * theta.cos(), r * theta.sin()], dim=-1)  # (B, H, T, 2D)
 
-    def score(self, q: Tensor, k: Tensor, pos: Positions | None = None) -> Tensor:
-        pos = pos or Positions()
-        qp, kp = pos.q(q.shape[-2], q.device), pos.k(k.shape[-2], k.device)  # (Tq,), (Tk,)
-        return self._pair_score(q, k, qp, kp)  # (B, H, Tq, Tk)
-
-    def _pair_score(self, q: Tensor, k: Tensor, qp: Tensor, kp: Tensor) -> Tensor:
-        """relu(q)relu(k)ᵀ ⊙ cos(θ_i − θ_j) for positions qp (tq,), kp (tk,) — also the tiled path's score."""
-        dtheta = self.angles(qp, q.dtype)[:, None] - self.angles(kp, q.dtype)[None, :]  # (tq, tk)
+    def score(self, q: Tensor, k: Tensor, qp: Tensor, kp: Tensor) -> Tensor:  # type: ignore[override]
+        """relu(q)relu(k)ᵀ ⊙ cos(θ_i − θ_j) for positions qp (Tq,), kp (Tk,): (B, H, Tq, Tk)."""
+        dtheta = self.angles(qp, q.dtype)[:, None] - self.angles(kp, q.dtype)[None, :]  # (Tq, Tk)
         return (F.relu(q) @ F.relu(k).transpose(-2, -1)) * torch.cos(dtheta)
-
-    def tile_score(self):  # type: ignore[override]
-        from kernel_attention.attention.tile_scores import AutogradScore
-
-        return AutogradScore(self._pair_score, position_aware=True)
 
     def fast(
         self, q: Tensor, k: Tensor, v: Tensor, *, causal: bool, key_padding_mask: Tensor | None, pos: Positions
