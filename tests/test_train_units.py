@@ -71,6 +71,29 @@ def test_average_and_rotation(tmp_path: Path) -> None:
     assert torch.equal(avg["w"], torch.full((2,), 3.0)) and int(avg["n"]) == 3
 
 
+def test_averaging_takes_random_draws_from_the_newest_checkpoint(tmp_path: Path) -> None:
+    """A model with redrawn random features: its ω is averaged with nothing (a mean of two draws is no draw)."""
+    from kernel_attention.kernels import draw_state_keys
+    from kernel_attention.models import ModelConfig, build_model
+
+    cfg = ModelConfig(preset="t", encoder_layers=1, decoder_layers=1, d_model=16, ffn_dim=32, heads=2, dropout=0.0)
+    model = build_model(cfg, "random_features", {"m": 8}, "translation", 20, 1)
+    keys = draw_state_keys(model)
+    assert len(keys) == 3 and all(k.endswith(".kernel.omega") for k in keys)  # enc self, dec self, dec cross
+    states = []
+    for u in (1, 2):
+        for mod in model.modules():
+            if hasattr(mod, "redraw"):
+                mod.redraw()
+        states.append({k: t.clone() for k, t in model.state_dict().items()})
+        checkpoint.save_interval(tmp_path, u, states[-1], {}, keep=2)
+    avg = checkpoint.average_checkpoints(checkpoint.interval_checkpoints(tmp_path), keep_newest=keys)
+    for key in keys:
+        assert torch.equal(avg[key], states[1][key]) and not torch.equal(avg[key], states[0][key])
+    w = "decoder.layers.0.ffn.fc1.weight"
+    torch.testing.assert_close(avg[w], (states[0][w] + states[1][w]) / 2)  # ordinary weights are averaged
+
+
 @pytest.mark.parametrize(("env", "expected"), [("1", True), ("0", False)])
 def test_keep_freed_memory_sets_glibc_malloc_options_unless_disabled(env: str, expected: bool) -> None:
     import platform
