@@ -1,7 +1,9 @@
 """Score a trained run: ``python evaluate.py run_dir=<run folder> [checkpoint=avg beam=5 lenpen=1.0 split=test]``.
 
 A thin Hydra entry point over ``kernel_attention.evaluation.evaluate_run`` (options: conf/evaluate.yaml). Bad
-input prints one line to stderr naming the fix and exits 1 without writing anything.
+input prints one line to stderr naming the fix and exits with its kind's code (``kernel_attention.cli``: 2 config,
+3 data, 4 run folder, 5 file system) without writing anything; ``KA_FULL_ERROR=1`` shows the traceback. The run
+folder is locked while it is scored, so it never has two writers.
 """
 
 from __future__ import annotations
@@ -12,11 +14,11 @@ from dataclasses import dataclass
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
-from kernel_attention.data import DataError
-from kernel_attention.evaluation import EvaluationError, evaluate_run
+from kernel_attention import cli
+from kernel_attention.evaluation import evaluate_run
 from kernel_attention.registry import ConfigError, config_from_mapping
+from kernel_attention.training.lock import RunFolderLock
 
 
 @dataclass
@@ -49,18 +51,20 @@ def _summary(res: dict) -> str:
 
 
 @hydra.main(config_path="conf", config_name="evaluate", version_base="1.3")
+@cli.job_errors("evaluate")
 def main(cfg: DictConfig) -> None:
-    try:
-        if OmegaConf.is_missing(cfg, "run_dir"):
-            raise EvaluationError("run_dir is missing; pass run_dir=<a run folder, e.g. "
-                                  "outputs/multi30k/transformer_small/edp/seed1>")
-        opts = config_from_mapping(EvaluateOptions, OmegaConf.to_container(cfg, resolve=True), "evaluate")  # type: ignore[arg-type]
+    from pathlib import Path
+
+    if OmegaConf.is_missing(cfg, "run_dir"):
+        raise ConfigError("run_dir is missing; pass run_dir=<a run folder, e.g. "
+                          "outputs/multi30k/transformer_small/edp/seed1>")
+    opts = config_from_mapping(EvaluateOptions, OmegaConf.to_container(cfg, resolve=True), "evaluate")  # type: ignore[arg-type]
+    if not Path(opts.run_dir).is_dir():
+        raise ConfigError(f"run_dir={opts.run_dir} is not a folder; pass a run folder that train.py wrote")
+    with RunFolderLock(opts.run_dir):
         res = evaluate_run(**dataclasses.asdict(opts))
-    except (EvaluationError, ConfigError, DataError, OmegaConfBaseException, ValueError, TypeError) as e:
-        print(f"evaluate: error: {e}".splitlines()[0], file=sys.stderr)
-        sys.exit(1)
     print(f"{_summary(res)}  → {cfg.run_dir}/metrics.json")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run_hydra("evaluate", main))

@@ -63,10 +63,12 @@ def _safe_dirname(name: str) -> str:
 
 
 OmegaConf.register_new_resolver("ka.dirname", _safe_dirname, replace=True)
-register_schemas()
+register_schemas()  # also ka.run_control: sweep folders are named without the run-control keys
 
 # Set by a stop signal: the remaining jobs of an in-process sweep are not started.
 _STOPPED = False
+# Where sweep jobs that fail on their own leave a line for the launching process (set by ``cli``).
+FAILED_JOBS_ENV = "KA_FAILED_JOBS_DIR"
 
 
 def _run_info(cfg: TrainConfig, multirun: bool) -> Any:
@@ -81,11 +83,13 @@ def _run_info(cfg: TrainConfig, multirun: bool) -> Any:
 def _discard_empty_run_dir(run_dir: Path) -> None:
     """A rejected command leaves no trace: Hydra created the folder (and its parents) and an empty train.log."""
     log_file = run_dir / "train.log"
-    if not (log_file.is_file() and log_file.stat().st_size == 0 and
-            {p.name for p in run_dir.iterdir()} == {"train.log"}):
+    names = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else set()
+    if not (log_file.is_file() and names <= {"train.log", ".lock"} and
+            all((run_dir / n).stat().st_size == 0 for n in names)):
         return
     logging.shutdown()
-    log_file.unlink()
+    for n in names:
+        (run_dir / n).unlink()
     stop = Path.cwd().resolve()
     d = run_dir.resolve()
     while d != stop and stop in d.parents and not any(d.iterdir()):
@@ -94,13 +98,36 @@ def _discard_empty_run_dir(run_dir: Path) -> None:
 
 
 def _reject(run_dir: Path, e: Exception) -> NoReturn:
-    """One line on stderr, exit code 2 (SystemExit passes through Hydra without its own error report)."""
+    """One line on stderr and the error's exit code (SystemExit passes through Hydra without its own report)."""
+    from kernel_attention import cli
+
     _discard_empty_run_dir(run_dir)
-    if os.environ.get("KA_FULL_ERROR") == "1":
-        raise e
-    kind = "data error" if type(e).__name__ == "DataError" else "config error"
-    print(f"{kind}: {_one_line(e)}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(cli.report("train", e))
+
+
+def _job_failed(run_dir: Path, dcfg: DictConfig, e: Exception, *, record: bool) -> str:
+    """A sweep job that cannot run ends alone: one line, ``failed`` with its reason in its own folder (``record``,
+    and only where no earlier run left a record), the sweep goes on, and it exits non-zero at the end."""
+    from kernel_attention import cli
+    from kernel_attention.training.metrics import now_iso, read_metrics, update_metrics
+
+    reason = f"{cli.error_kind(e) or 'unexpected'} error: {cli.one_line(e)}"
+    print(f"train: {run_dir.name}: {reason}", file=sys.stderr)
+    if record and not read_metrics(run_dir):
+        raw = OmegaConf.to_container(dcfg, resolve=False)
+        kernel, task = raw.get("kernel") or {}, raw.get("task") or {}
+        update_metrics(run_dir, {
+            "status": "failed", "status_reason": reason,
+            "run": {"name": run_dir.name, "dir": str(run_dir), "started_at": now_iso()},
+            "kernel": {"name": kernel.get("name"), "label": kernel.get("label") or kernel.get("name"),
+                       "params": {k: v for k, v in kernel.items() if k not in ("name", "label", "path")}},
+            "task": {"name": task.get("name"), "type": task.get("type")},
+            "seed": raw.get("seed"),
+        })
+    failed_dir = os.environ.get(FAILED_JOBS_ENV)
+    if failed_dir:
+        (Path(failed_dir) / f"{os.getpid()}-{abs(hash(str(run_dir)))}").write_text(f"{run_dir}: {reason}\n")
+    return "failed"
 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
@@ -109,62 +136,51 @@ def main(dcfg: DictConfig) -> str:
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     from kernel_attention.data import DataError
+    from kernel_attention.training.lock import RunFolderBusyError
 
+    multirun = hc.mode == RunMode.MULTIRUN
     try:
         cfg = TrainConfig.from_dict(OmegaConf.to_container(dcfg, resolve=True))  # type: ignore[arg-type]
     except (ConfigError, DataError) as e:
+        if multirun:  # this job's config is invalid: it fails alone, the sweep goes on
+            return _job_failed(run_dir, dcfg, e, record=True)
         _reject(run_dir, e)
     if _STOPPED:
         log.warning("a stop signal was received earlier: not starting %s", run_dir)
         return "interrupted"
     from kernel_attention.training.loop import train
 
-    multirun = hc.mode == RunMode.MULTIRUN
     record = {
         "config.yaml": OmegaConf.to_yaml(dcfg, resolve=True),
         "overrides.yaml": OmegaConf.to_yaml(list(hc.overrides.task)),
     }
     try:
         status = train(cfg, run_dir, _run_info(cfg, multirun), record)
-    except (ConfigError, DataError) as e:
+    except (ConfigError, DataError, RunFolderBusyError) as e:
+        if multirun:  # the folder holds another run (or another process): leave its record alone
+            return _job_failed(run_dir, dcfg, e, record=False)
         _reject(run_dir, e)
     _STOPPED = status == "interrupted"
     return status
 
 
-def _one_line(exc: BaseException) -> str:
-    """Hydra/OmegaConf messages span several lines (full_key, object_type, ...): keep what names the fix."""
-    parts: list[str] = []
-    e: BaseException | None = exc
-    while e is not None and len(parts) < 3:
-        for line in str(e).splitlines():
-            line = line.strip()
-            if line and not line.startswith(("full_key", "object_type", "reference_type", "Set the environment")):
-                parts.append(line)
-        e = e.__cause__
-    return " ".join(dict.fromkeys(parts)) or type(exc).__name__
-
-
 def cli() -> int:
-    """Entry point: bad configuration = one line on stderr and exit code 2 (HYDRA_FULL_ERROR=1: a traceback)."""
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
+    """Entry point: a bad configuration is one line on stderr and exit code 2 before any work (the shared error
+    path of ``kernel_attention.cli``: ``KA_FULL_ERROR=1`` or ``HYDRA_FULL_ERROR=1`` for a traceback); a sweep
+    whose jobs failed on their own runs the rest and exits 2 at the end, naming them."""
+    import tempfile
 
-    from kernel_attention.data import DataError
+    from kernel_attention import cli as shared
 
-    user_wants_trace = os.environ.get("HYDRA_FULL_ERROR") == "1"
-    if user_wants_trace:
-        os.environ["KA_FULL_ERROR"] = "1"
-    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing; we print one line below
-    try:
-        main()
-    except (ConfigError, DataError, HydraException, OmegaConfBaseException) as e:
-        if user_wants_trace:
-            raise
-        kind = "data error" if isinstance(e, DataError) else "config error"
-        print(f"{kind}: {_one_line(e)}", file=sys.stderr)
-        return 2
-    return 0
+    with tempfile.TemporaryDirectory(prefix="ka-failed-jobs-") as failed_dir:
+        os.environ[FAILED_JOBS_ENV] = failed_dir  # sweep jobs (in-process or launcher workers) report here
+        code = shared.run_hydra("train", main)
+        failed = sorted(p.read_text().strip() for p in Path(failed_dir).iterdir())
+    if failed and code == 0:
+        print(f"train: {len(failed)} job(s) of the sweep failed (each recorded in its folder): "
+              + "; ".join(failed), file=sys.stderr)
+        return shared.EXIT_CODES["config"]
+    return code
 
 
 if __name__ == "__main__":

@@ -85,7 +85,7 @@ def test_bad_config_is_one_line_and_exit_2(tmp_path: Path, args: list[str], need
     proc = run_cli(["logger=none", *args], cwd=tmp_path, check=False)
     assert proc.returncode == 2, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("config error: ") and needle in lines[0], proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("train: config error: ") and needle in lines[0], proc.stderr
     assert not (tmp_path / "outputs").exists(), "a rejected command must not leave a run folder"
 
 

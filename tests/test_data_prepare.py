@@ -314,13 +314,13 @@ def test_bad_settings_raise_config_error(params: dict, match: str) -> None:
         DataConfig.from_mapping({"task": "t", "path": "p", **params})
 
 
-def test_script_prints_one_line_and_exits_1(shared_data: Path, tmp_path: Path) -> None:
+def test_script_prints_one_line_and_exits_3_for_missing_data(shared_data: Path, tmp_path: Path) -> None:
     env = {**os.environ, "KA_DATA_ROOT": str(shared_data)}
     cmd = [sys.executable, str(REPO / "scripts" / "prepare_data.py"), "task=iwslt", f"task.data.out_root={tmp_path}"]
     res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-    assert res.returncode == 1
+    assert res.returncode == 3  # kernel_attention.cli: data errors
     assert res.stderr.strip().count("\n") == 0 and "Traceback" not in res.stderr
-    assert res.stderr.startswith("prepare_data: error:") and "train.de is missing" in res.stderr
+    assert res.stderr.startswith("prepare_data: data error:") and "train.de is missing" in res.stderr
     assert list(tmp_path.iterdir()) == []  # hydra wrote no outputs/ or .hydra/ into the working directory
 
 

@@ -176,9 +176,12 @@ def test_cli(mt_run: Path, tmp_path: Path) -> None:
     assert ok.returncode == 0, ok.stderr
     assert "BLEU" in ok.stdout and json.loads((mt_run / "metrics.json").read_text())["test"]["beam"] == 2
     assert list(cwd.iterdir()) == []  # no Hydra outputs/ folder, no log file
-    for args, hint in [((), "run_dir is missing"), ((f"run_dir={mt_run}", "checkpoint=avg"), "pick checkpoint="),
-                       ((f"run_dir={mt_run}", "beam=five"), "beam")]:
+    cases = [((), "run_dir is missing", 2), ((f"run_dir={mt_run}", "checkpoint=avg"), "pick checkpoint=", 4),
+             ((f"run_dir={mt_run}", "beam=five"), "beam", 2), ((f"run_dir={mt_run}", "lenpen=nan"), "finite", 2),
+             ((f"run_dir={cwd / 'nope'}",), "not a folder", 2)]
+    for args, hint, code in cases:
         bad = _cli(*args, cwd=cwd)
-        assert bad.returncode == 1
+        assert bad.returncode == code, (args, bad.returncode, bad.stderr)
         assert len(bad.stderr.strip().splitlines()) == 1 and hint in bad.stderr, bad.stderr
+        assert bad.stderr.startswith("evaluate: "), bad.stderr
     assert list(cwd.iterdir()) == []

@@ -21,7 +21,7 @@ import pytest
 from scipy import stats as sps
 
 from kernel_attention.evaluation.bleu import bleu_from_stats, bleu_stats
-from kernel_attention.report import build_report, collect_runs, group_runs
+from kernel_attention.report import ReportError, build_report, collect_runs, group_runs
 from kernel_attention.report.tables import p_eq
 
 REPO = Path(__file__).resolve().parents[1]
@@ -339,9 +339,9 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_cli_missing_folder_exits_1_with_one_line(tmp_path: Path) -> None:
+def test_cli_missing_folder_exits_4_with_one_line(tmp_path: Path) -> None:
     res = _cli(str(tmp_path / "nope"))
-    assert res.returncode == 1
+    assert res.returncode == 4 and res.stderr.startswith("report: run error: ")  # kernel_attention.cli
     assert res.stderr.strip().count("\n") == 0 and "does not exist" in res.stderr and "Traceback" not in res.stderr
 
 
@@ -351,8 +351,8 @@ def test_cli_prints_tables_and_verdict(tmp_path: Path, capsys: Any) -> None:
     empty = tmp_path / "empty"
     (empty / "a" / ".hydra").mkdir(parents=True)
     main = runpy.run_path(str(REPO / "scripts" / "report.py"))["main"]
-    assert main([str(empty)]) == 1
-    assert "no metrics.json" in capsys.readouterr().err
+    with pytest.raises(ReportError, match=r"no metrics\.json"):  # scripts/report.py's cli.run makes it one line
+        main([str(empty)])
     for seed in (1, 2):
         write(tmp_path / "s", metrics("wikitext2", "edp", seed, 20.0 + seed))
         write(tmp_path / "s", metrics("wikitext2", "linear", seed, 30.0 + seed))

@@ -231,6 +231,12 @@ class TrainConfig:
         if task.type == "translation" and min(model.encoder_layers, model.decoder_layers) < 1:
             raise ConfigError(f"task {task.name!r} is translation but model.preset={model.preset!r} has no encoder; "
                               "pick an encoder-decoder preset, e.g. model=transformer_small")
+        if model.positions == "learned":  # a learned table cannot grow: check the longest sequence now
+            longest = task.block_size if task.type == "lm" else (data.max_len or 0) + 1  # + EOS / BOS
+            what = "task.block_size" if task.type == "lm" else "task.data.max_len + 1"
+            if longest > model.max_positions:
+                raise ConfigError(f"{what}={longest} exceeds model.max_positions={model.max_positions} (learned "
+                                  f"positions); set model.max_positions>={longest} or a shorter {what.split(' ')[0]}")
         if optim.schedule == "cosine" and not trainer.max_updates:
             raise ConfigError("optim.schedule=cosine needs trainer.max_updates > 0 (the schedule's length)")
         if trainer.best_metric == "bleu" and (task.type != "translation" or not task.valid_bleu_samples):
@@ -288,6 +294,18 @@ RUN_CONTROL = (
 )
 
 
+def run_control_override_keys() -> list[str]:
+    """Command-line override keys that must not name a sweep job's folder (``conf/train.yaml`` reads this list
+    through the ``ka.run_control`` resolver): every run-control field — a whole group such as ``logger`` also
+    with each of its fields — plus ``experiment`` (it chooses the sweep, not a job)."""
+    keys = ["experiment"]
+    for rc in RUN_CONTROL:
+        keys.append(rc)
+        if rc == "logger":
+            keys += [f"logger.{f.name}" for f in dataclasses.fields(LoggerConfig)]
+    return keys
+
+
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(d, Mapping):
         out: dict[str, Any] = {}
@@ -304,7 +322,8 @@ def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[s
     def ignored(key: str) -> bool:
         return any(key == rc or key.startswith(rc + ".") for rc in RUN_CONTROL)
 
-    return sorted(k for k in set(a) | set(b) if not ignored(k) and a.get(k, "<missing>") != b.get(k, "<missing>"))
+    # An unset option (None) and a missing one are the same setting (metrics.json drops None values).
+    return sorted(k for k in set(a) | set(b) if not ignored(k) and a.get(k) != b.get(k))
 
 
 @dataclass
@@ -323,7 +342,10 @@ class TrainSchema:
 
 
 def register_schemas() -> None:
-    """Store the schemas in Hydra's ConfigStore (call before ``@hydra.main`` composes)."""
+    """Store the schemas in Hydra's ConfigStore and the ``ka.run_control`` resolver that ``conf/train.yaml``
+    reads (call before ``@hydra.main`` or ``hydra.compose`` composes)."""
     from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
 
     ConfigStore.instance().store(name="train_schema", node=TrainSchema)
+    OmegaConf.register_new_resolver("ka.run_control", run_control_override_keys, replace=True)

@@ -1,8 +1,9 @@
 """Name → component registries with typed config dataclasses (the fairseq pattern).
 
 A component class carries a ``Config`` dataclass. ``Registry.make_config(name, params)`` turns a plain
-mapping (e.g. what Hydra resolved) into that dataclass, rejecting unknown keys and wrong types with one
-line that lists what is allowed, so bad input fails at startup and never deep inside training.
+mapping (e.g. what Hydra resolved) into that dataclass, rejecting unknown keys, wrong types and non-finite
+numbers (NaN, ±inf: no setting of this project means them) with one line that lists what is allowed, so bad
+input fails at startup and never deep inside training.
 """
 
 from __future__ import annotations
@@ -48,9 +49,16 @@ def _type_ok(value: Any, annotation: Any) -> bool:
 def _coerce(value: Any, annotation: Any) -> Any:
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if annotation is float and isinstance(value, str) and value.lower() in {"inf", "infinity"}:
-        return math.inf
     return value
+
+
+def _non_finite(value: Any) -> bool:
+    """NaN or ±inf anywhere in a value (a float, or the items of a list): never a valid setting here."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, (list, tuple)):
+        return any(_non_finite(v) for v in value)
+    return False
 
 
 def config_from_mapping(cls: type[T], params: Mapping[str, Any], what: str) -> T:
@@ -65,6 +73,8 @@ def config_from_mapping(cls: type[T], params: Mapping[str, Any], what: str) -> T
     kwargs = {}
     for key, value in params.items():
         value = _coerce(value, hints[key])
+        if _non_finite(value):
+            raise ConfigError(f"{what}: option {key}={value!r} must be a finite number")
         if not _type_ok(value, hints[key]):
             tname = getattr(hints[key], "__name__", str(hints[key]))
             raise ConfigError(f"{what}: option {key}={value!r} must be of type {tname}")

@@ -112,6 +112,9 @@ class DataConfig:
             bad(f"source={self.source!r}; choose one of: {', '.join(SOURCES)}")
         if not self.path:
             bad("path is empty; set data.path to a folder/file under data.root or a hub dataset id")
+        if self.source != "hf" and not str(self.root).strip():
+            bad("root is empty (is KA_DATA_ROOT set to an empty string?); set KA_DATA_ROOT=/path/to/raw/corpora "
+                "or task.data.root=...")
         if self.spm_model_type not in SPM_MODEL_TYPES:
             bad(f"spm_model_type={self.spm_model_type!r}; choose one of: {', '.join(SPM_MODEL_TYPES)}")
         if self.type == "translation":

@@ -59,10 +59,22 @@ def train_sentencepiece(cfg: DataConfig, sentences: Iterable[str]) -> bytes:
             sentence_iterator=iter(sentences), model_writer=model, minloglevel=2, **spm_options(cfg)
         )
     except RuntimeError as e:
-        msg = str(e).strip().splitlines()[-1] if str(e).strip() else "failed"
-        hint = "; lower data.vocab_size" if "vocab_size" in msg.lower() else ""
-        raise DataError(f"sentencepiece training failed for task {cfg.task}: {msg}{hint}") from None
+        raise DataError(f"sentencepiece training failed for task {cfg.task}: {_spm_fix(str(e), cfg)}") from None
     return model.getvalue()
+
+
+def _spm_fix(message: str, cfg: DataConfig) -> str:
+    """sentencepiece's reason (its C++ source location dropped) and what to change."""
+    import re
+
+    lines = [ln for ln in message.strip().splitlines() if ln.strip()]
+    reason = re.sub(r"^\w+: \S+\(\d+\) (\[.*?\] )?", "", lines[-1] if lines else "failed")
+    limit = re.search(r"value <= (\d+)", reason)
+    if limit:
+        return (f"the training split is too small for vocab_size={cfg.vocab_size} (at most {limit.group(1)} pieces "
+                f"fit); set task.data.vocab_size<={limit.group(1)}, or task.data.spm_model_type=char")
+    return (f"{reason}; check that the training split holds text, or set a smaller task.data.vocab_size or "
+            "task.data.spm_model_type=char")
 
 
 class Tokenizer:

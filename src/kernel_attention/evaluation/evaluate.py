@@ -97,7 +97,13 @@ def _checkpoint_path(run_dir: Path, name: str) -> Path:
 def _resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={device} but CUDA is not available on this machine; use device=auto or cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as e:
+        raise ConfigError(f"device={device!r} is not a device ({str(e).splitlines()[0]}); "
+                          "use auto, cpu or cuda:N") from None
 
 
 def evaluate_run(
@@ -189,7 +195,8 @@ def checkpoint_state(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = ckpt_io.load(path)
     except Exception as e:  # a truncated or foreign file: say which one
-        raise EvaluationError(f"{path} cannot be loaded ({type(e).__name__}); re-save it or pick another") from None
+        raise EvaluationError(f"{path} cannot be loaded ({ckpt_io.load_problem(e)}); re-save it or pick "
+                              "another") from None
     if not isinstance(state, dict) or "model" not in state:
         raise EvaluationError(f"{path} has no 'model' weights; it was not written by train.py")
     return state["model"]

@@ -17,6 +17,10 @@ def log_to_wandb(report: Report) -> bool:
     """Log one W&B Table per task plus the verdict. Mode comes from ``WANDB_MODE`` (default ``offline``, so
     nothing leaves the machine unless the user asks); project from ``WANDB_PROJECT`` (default
     ``kernel-attention``). Returns whether anything was logged."""
+    from kernel_attention.wandb_env import prepare_wandb
+
+    mode = os.environ.get("WANDB_MODE", "offline")
+    prepare_wandb(mode)  # before W&B starts: offline means no network at all, telemetry included
     try:
         import wandb
     except ImportError:
@@ -25,7 +29,7 @@ def log_to_wandb(report: Report) -> bool:
     try:
         run = wandb.init(
             project=os.environ.get("WANDB_PROJECT", "kernel-attention"),
-            mode=os.environ.get("WANDB_MODE", "offline"),
+            mode=mode,
             job_type="report",
             dir=str(report.out_dir),
             config={"source": str(report.root)},

@@ -56,8 +56,20 @@ def save(path: Path, state: dict[str, Any]) -> None:
     atomic.torch_save(path, state)
 
 
-def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    return torch.load(path, map_location=map_location, weights_only=True)
+def load(path: Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict[str, Any]:
+    """A checkpoint, restricted to tensors and plain containers (``weights_only``: no code in a pickle runs).
+    ``mmap``: tensors are mapped from the file and read on first use."""
+    return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+
+
+def load_problem(exc: BaseException) -> str:
+    """Why ``load`` failed, in a few words: never torch's advice to unpickle with ``weights_only=False`` (that
+    would run whatever code a foreign file carries)."""
+    text = str(exc)
+    if "Weights only load failed" in text or "weights_only" in text:
+        return "it holds objects other than tensors and plain containers, which are never unpickled here"
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return f"{type(exc).__name__}: {first[:160]}"
 
 
 def interval_checkpoints(ckpt_dir: Path) -> list[Path]:

@@ -1,7 +1,8 @@
 """Experiment trackers by name: ``wandb`` (offline by default) and ``none``.
 
 ``none`` imports nothing of wandb. The wandb run lives in ``<run_dir>/wandb``; the run id is kept in the
-checkpoint so a resumed job continues the same W&B run. No API key is ever written by this code: wandb reads
+checkpoint so a resumed job continues the same W&B run. Offline (the default) sends nothing over the network,
+telemetry included (``kernel_attention.wandb_env``). No API key is ever written by this code: wandb reads
 it from its own login or ``WANDB_API_KEY``, and we log only the resolved training config.
 """
 
@@ -47,6 +48,9 @@ class WandbLogger(ExperimentLogger):
     def __init__(self, cfg: LoggerConfig, run_dir: Path, run_id: str, name: str, group: str, tags: list[str],
                  config: dict[str, Any]) -> None:
         super().__init__(cfg, run_dir, run_id, name, group, tags, config)
+        from kernel_attention.wandb_env import prepare_wandb
+
+        prepare_wandb(cfg.mode)  # before W&B starts: offline means no network at all (wandb_env.py)
         import wandb
 
         self._wandb = wandb

@@ -30,11 +30,12 @@ from kernel_attention.tasks import Task, build_task
 from kernel_attention.tasks.base import safe_exp, to_device
 from kernel_attention.training import checkpoint, distributed
 from kernel_attention.training.cpu_malloc import keep_freed_memory
+from kernel_attention.training.lock import RunFolderLock
 from kernel_attention.training.loggers import ExperimentLogger, build_logger
 from kernel_attention.training.metrics import environment, now_iso, read_metrics, update_metrics
 from kernel_attention.training.optim import LRSchedule, build_optimizer
 from kernel_attention.training.progress import Progress, Throughput, format_train_line, format_valid_line
-from kernel_attention.training.run_dir import plan_run, record_config
+from kernel_attention.training.run_dir import plan_run, record_config, remove_stale_temporaries
 from kernel_attention.training.signals import StopRequest
 
 log = logging.getLogger("kernel_attention.train")
@@ -127,10 +128,23 @@ def train(cfg: TrainConfig, run_dir: Path | str, run: RunInfo | None = None,
     if device.type == "cpu":
         keep_freed_memory()  # no page faults on every step's fresh activations (training/cpu_malloc.py)
 
+    lock = RunFolderLock(run_dir) if info.is_main else None  # one writer per folder (training/lock.py)
+    if lock is not None:
+        lock.acquire()  # raises RunFolderBusyError, naming the holder, before anything is read or written
+        remove_stale_temporaries(run_dir)  # a kill -9 during a save leaves its .tmp; we hold the folder now
+    try:
+        return _train_locked(cfg, run_dir, run, device, info, record_files)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_locked(cfg: TrainConfig, run_dir: Path, run: RunInfo, device: torch.device, info: distributed.DistInfo,
+                  record_files: dict[str, str] | None) -> str:
     plan = plan_run(cfg, run_dir)  # raises ConfigError before anything is written
     if plan.action == "skip":
         log.info("%s: %s, skipping (trainer.resume=true continues it)", run_dir, plan.reason)
-        if info.is_main:
+        if info.is_main and plan.status == "completed":  # a diverged run has nothing to score
             _maybe_evaluate(cfg, run_dir, only_if_missing=True)
         return "skipped"
     if info.is_main:
@@ -237,6 +251,7 @@ class Trainer:
             "task": {"name": cfg.task.name, "type": cfg.task.type, "metric": "bleu" if translation else "ppl",
                      "higher_is_better": translation},
             "seed": cfg.seed,
+            "config": cfg.to_dict(),
             "model": {"preset": cfg.model.preset, "params": self.n_params, "d_model": cfg.model.d_model,
                       "heads": cfg.model.heads, "head_dim": cfg.model.d_model // cfg.model.heads},
             "env": environment(self.device),

@@ -25,7 +25,7 @@ FILENAME = "metrics.json"
 STATUSES = ("running", "completed", "diverged", "failed")
 # Key order of docs/contracts.md §3 (readers do not care; humans reading the file do).
 ORDER = ("schema", "status", "status_reason", "run", "kernel", "task", "seed", "model", "train", "valid", "test",
-         "env")
+         "env", "config")
 
 
 def now_iso() -> str:

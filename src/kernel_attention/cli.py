@@ -1,0 +1,138 @@
+"""One error path for every entry point (train.py, evaluate.py, scripts/prepare_data.py, scripts/report.py):
+bad input is one line on stderr, ``<prog>: <kind> error: <what is wrong and the fix>``, and an exit code per
+kind of error — the same kind, the same code, whichever command met it:
+
+    2  config     a setting or argument is invalid (ConfigError, Hydra/OmegaConf errors, bad CLI arguments)
+    3  data       a corpus or prepared dataset is missing or unusable (DataError)
+    4  run        a run folder or checkpoint is not what the command needs (EvaluationError, RunFolderBusyError)
+    5  file       the file system refused: permission, read-only, disk full (OSError while reading or writing)
+
+``KA_FULL_ERROR=1`` shows the full traceback instead (``HYDRA_FULL_ERROR=1`` does the same for train.py). Any
+other exception is a bug and keeps its traceback. Only entry points import this module: it knows the error
+types of every layer below them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_CODES = {"config": 2, "data": 3, "run": 4, "file": 5}
+TRACEBACK_ENV = "KA_FULL_ERROR"
+
+
+def error_kind(exc: BaseException) -> str | None:
+    """The kind of a user-facing error (see the module docstring), or None for a bug."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from kernel_attention.data import DataError
+    from kernel_attention.evaluation import EvaluationError
+    from kernel_attention.registry import ConfigError
+    from kernel_attention.report import ReportError
+    from kernel_attention.training.lock import RunFolderBusyError
+
+    if isinstance(exc, DataError):
+        return "data"
+    if isinstance(exc, (EvaluationError, RunFolderBusyError, ReportError)):
+        return "run"
+    if isinstance(exc, (ConfigError, HydraException, OmegaConfBaseException)):
+        return "config"
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return "file"
+    return None
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of ``exc`` (and its causes) on one line; Hydra/OmegaConf's bookkeeping lines dropped, file
+    system errors as 'cannot access <path>: <reason>'."""
+    if isinstance(exc, OSError) and exc.errno is not None and not isinstance(exc.args[0] if exc.args else 0, str):
+        where = f" {exc.filename}" if exc.filename else ""
+        return f"cannot access{where}: {exc.strerror or exc}; check the permissions and free space of that folder"
+    parts: list[str] = []
+    e: BaseException | None = exc
+    while e is not None and len(parts) < 3:
+        for line in str(e).splitlines():
+            line = line.strip()
+            if line and not line.startswith(("full_key", "object_type", "reference_type", "Set the environment",
+                                             "Config search path", "provider=")):
+                parts.append(line)
+        e = e.__cause__
+    return " ".join(dict.fromkeys(parts)) or type(exc).__name__
+
+
+def wants_traceback() -> bool:
+    return os.environ.get(TRACEBACK_ENV) == "1"
+
+
+def report(prog: str, exc: BaseException) -> int:
+    """Print ``exc`` as one line for ``prog`` and return its exit code; re-raise bugs (and with the switch)."""
+    kind = error_kind(exc)
+    if kind is None or wants_traceback():
+        raise exc
+    print(f"{prog}: {kind} error: {one_line(exc)}", file=sys.stderr)
+    return EXIT_CODES[kind]
+
+
+def run(prog: str, fn: Callable[[], Any]) -> int:
+    """Call an entry point's body; user errors become one line and their exit code, success is 0."""
+    try:
+        result = fn()
+    except SystemExit as e:  # argparse and Hydra's own usage errors
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except BaseException as e:
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        return report(prog, e)
+    return result if isinstance(result, int) else 0
+
+
+def run_hydra(prog: str, main: Callable[[], Any]) -> int:
+    """``run`` for a ``@hydra.main`` function: Hydra is made to raise its errors (``HYDRA_FULL_ERROR=1``) instead
+    of printing them with its help text, so they take the same one-line path. A user's own ``HYDRA_FULL_ERROR=1``
+    asks for the traceback, as ``KA_FULL_ERROR=1`` does."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        os.environ[TRACEBACK_ENV] = "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    return run(prog, main)
+
+
+def job_errors(prog: str) -> Callable[[F], F]:
+    """Decorate a ``@hydra.main`` function (below the Hydra decorator): a user error inside the job leaves as one
+    line and its exit code, before Hydra could log its own 'Error executing job' report around it."""
+    def deco(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as e:
+                if error_kind(e) is None or wants_traceback():
+                    raise
+                sys.exit(report(prog, e))
+        return wrapper  # type: ignore[return-value]
+    return deco
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are ``ConfigError``s (one line through ``run``, exit 2), not usage + message."""
+
+    def error(self, message: str) -> NoReturn:  # type: ignore[override]
+        from kernel_attention.registry import ConfigError
+
+        raise ConfigError(f"{message}; see {self.prog} --help")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not >= 1")
+    return value
