@@ -288,3 +288,12 @@ def test_stale_temporaries_of_a_killed_save_are_removed_on_relaunch(tmp_path: Pa
         p.write_bytes(b"half a file")
     run_cli(args, cwd=tmp_path)
     assert not any(p.exists() for p in stale)
+
+
+def test_the_bad_input_battery_runs(tmp_path: Path) -> None:
+    """scripts/bad_inputs.py (the re-runnable battery) on its report and lock cases: it builds its fixtures and
+    every selected case passes."""
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bad_inputs.py"), "--only", "report"], cwd=tmp_path,
+                          env=env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "6/6 cases" in proc.stdout

@@ -85,7 +85,7 @@ def _load_config(run_dir: Path) -> TrainConfig:
 
 def _checkpoint_path(run_dir: Path, name: str) -> Path:
     if name not in CHECKPOINTS:
-        raise EvaluationError(f"checkpoint={name!r} is not allowed; choose one of: {', '.join(CHECKPOINTS)}")
+        raise ConfigError(f"checkpoint={name!r} is not allowed; choose one of: {', '.join(CHECKPOINTS)}")
     path = run_dir / ckpt_io.CKPT_DIR / f"{name}.pt"
     if not path.is_file():
         have = sorted(p.stem for p in (run_dir / ckpt_io.CKPT_DIR).glob("*.pt") if p.stem in CHECKPOINTS)
@@ -167,10 +167,7 @@ def evaluate_run(
             no_unk=no_unk,
             use_cache=use_cache,
         )
-        try:
-            search.validate()
-        except ValueError as e:
-            raise EvaluationError(str(e)) from None
+        search.validate()  # a bad beam / length setting is a ConfigError
         result.update(_evaluate_translation(model, data, split, search, max_tokens or cfg.task.max_tokens,
                                             batch_size, dev, run_dir, section))
     else:
@@ -195,7 +192,7 @@ def checkpoint_state(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = ckpt_io.load(path)
     except Exception as e:  # a truncated or foreign file: say which one
-        raise EvaluationError(f"{path} cannot be loaded ({ckpt_io.load_problem(e)}); re-save it or pick "
+        raise EvaluationError(f"{path} cannot be loaded ({ckpt_io.load_problem(e, path)}); re-save it or pick "
                               "another") from None
     if not isinstance(state, dict) or "model" not in state:
         raise EvaluationError(f"{path} has no 'model' weights; it was not written by train.py")

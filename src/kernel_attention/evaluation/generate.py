@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from kernel_attention.models import DecoderCache, EncoderDecoderTransformer, EncoderOut
+from kernel_attention.registry import ConfigError
 
 
 @dataclass
@@ -43,11 +44,11 @@ class SearchConfig:
 
     def validate(self) -> None:
         if self.beam < 1:
-            raise ValueError(f"beam must be >= 1, got {self.beam}")
+            raise ConfigError(f"beam must be >= 1, got {self.beam}")
         if self.min_len < 1:
-            raise ValueError(f"min_len must be >= 1 (an empty hypothesis is not a translation), got {self.min_len}")
+            raise ConfigError(f"min_len must be >= 1 (an empty hypothesis is not a translation), got {self.min_len}")
         if self.max_len_a < 0 or self.max_len_b < 0:
-            raise ValueError(f"max_len_a and max_len_b must be >= 0, got {self.max_len_a}, {self.max_len_b}")
+            raise ConfigError(f"max_len_a and max_len_b must be >= 0, got {self.max_len_a}, {self.max_len_b}")
 
 
 @dataclass

@@ -62,9 +62,13 @@ def load(path: Path, map_location: str | torch.device = "cpu", mmap: bool = Fals
     return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
 
 
-def load_problem(exc: BaseException) -> str:
+def load_problem(exc: BaseException, path: Path | None = None) -> str:
     """Why ``load`` failed, in a few words: never torch's advice to unpickle with ``weights_only=False`` (that
     would run whatever code a foreign file carries)."""
+    import zipfile
+
+    if path is not None and path.is_file() and not zipfile.is_zipfile(path):
+        return "not a torch checkpoint: truncated, or a foreign file"
     text = str(exc)
     if "Weights only load failed" in text or "weights_only" in text:
         return "it holds objects other than tensors and plain containers, which are never unpickled here"
