@@ -23,6 +23,7 @@ from kernel_attention.evaluation.evaluate import make_batches, translate
 from kernel_attention.evaluation.generate import SearchConfig, SpecialIds, beam_search
 from kernel_attention.evaluation.lm import lm_perplexity
 from kernel_attention.models import build_model
+from kernel_attention.registry import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = {"preset": "t", "encoder_layers": 1, "decoder_layers": 1, "d_model": 16, "ffn_dim": 32, "heads": 2,
@@ -150,11 +151,11 @@ def test_bad_input_changes_nothing(mt_run: Path, tmp_path: Path) -> None:
         evaluate_run(tmp_path / "nope")
     with pytest.raises(EvaluationError, match="pick checkpoint=best"):
         evaluate_run(mt_run, checkpoint="avg")
-    with pytest.raises(EvaluationError, match="choose one of: best, avg, last"):
+    with pytest.raises(ConfigError, match="choose one of: best, avg, last"):  # a setting, not the run
         evaluate_run(mt_run, checkpoint="final")
     with pytest.raises(EvaluationError, match="split='dev'"):
         evaluate_run(mt_run, split="dev")
-    with pytest.raises(EvaluationError, match="beam"):
+    with pytest.raises(ConfigError, match="beam"):
         evaluate_run(mt_run, beam=0)
     (mt_run / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(EvaluationError, match="cannot be loaded"):

@@ -71,7 +71,7 @@ def test_quadratic_preset() -> None:
         ("intersection", {"normalization": "l2"}, "sum, abs"),
         ("polynomial", {"normalization": "max"}, "sum, abs"),
         ("intersection", {"eps": 0.0}, "(0, 1)"),
-        ("rff", {"eps": float("nan")}, "(0, 1)"),
+        ("rff", {"eps": float("nan")}, "finite"),
         ("polynomial", {"eps": 2.0}, "(0, 1)"),
         ("edp", {"path": "magic"}, "exact"),
         ("rbf", {"bandwidth": 1.0}, "allowed"),
