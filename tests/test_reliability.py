@@ -297,3 +297,27 @@ def test_the_bad_input_battery_runs(tmp_path: Path) -> None:
                           env=env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert "6/6 cases" in proc.stdout
+
+
+def test_finished_runs_survive_a_new_machine_through_the_archive(tmp_path: Path, tiny_root: Path) -> None:  # noqa: F811
+    """scripts/archive_runs.py: save a sweep's finished runs (no checkpoints), lose outputs/, restore, relaunch:
+    the finished job is skipped, not retrained, and the report reads the archive itself."""
+    import shutil
+
+    args = ["-m", *tiny_overrides(tiny_root, "mt", updates=4), "sweep=arch"]
+    run_cli(args, cwd=tmp_path)
+    sweep, archive = tmp_path / "outputs" / "sweeps" / "arch", tmp_path / "archive"
+    script = str(REPO / "scripts" / "archive_runs.py")
+    save = subprocess.run([sys.executable, script, str(sweep), str(archive)], env=env(), capture_output=True, text=True)
+    assert save.returncode == 0 and "archived 1 finished run" in save.stdout, save.stderr
+    assert not list(archive.rglob("*.pt"))  # records only
+    shutil.rmtree(tmp_path / "outputs")
+    back = subprocess.run([sys.executable, script, "--restore", str(archive), str(sweep)], env=env(),
+                          capture_output=True, text=True)
+    assert back.returncode == 0 and "restored 1" in back.stdout, back.stderr
+    again = run_cli(args, cwd=tmp_path)
+    assert "already completed, skipping" in again.stdout + again.stderr
+    assert not list(sweep.rglob("*.pt"))  # nothing was retrained
+    rep = subprocess.run([sys.executable, str(REPO / "scripts" / "report.py"), str(archive), "--no-plots"],
+                         env=env(), capture_output=True, text=True)
+    assert rep.returncode == 0 and "1 completed" in (archive / "report" / "REPORT.md").read_text()
