@@ -36,7 +36,7 @@ def _no_tf32():
 def kernel(path: Path, head_dim: int = 64):
     params = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     name = params.pop("name")
-    return build_kernel(name, head_dim, params).cuda()
+    return build_kernel(name, head_dim, params, heads=4).cuda()  # H = 4 below (hedgehog maps are per head)
 
 
 def run(kern, dtype, path, causal, kpm, compile_=False):
