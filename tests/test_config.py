@@ -146,3 +146,11 @@ def test_eval_checkpoint_avg_needs_averaging() -> None:
     with pytest.raises(ConfigError, match="average_last"):
         TrainConfig.from_dict(compose(["trainer.eval_checkpoint=avg", "trainer.average_last=0"]))
     assert TrainConfig.from_dict(compose(["trainer=paper"])).trainer.eval_checkpoint == "avg"
+
+
+@pytest.mark.parametrize("task", ["tinyshakespeare", "wikitext2", "wikitext103"])
+def test_lm_tasks_select_an_lm_model_by_default(task: str) -> None:
+    """Issue 16: an LM task used to train transformer_small's decoder unless model=lm_small was passed."""
+    assert compose([f"task={task}"])["model"]["preset"] == "lm_small"
+    assert compose([f"task={task}", "model=lm_base"])["model"]["preset"] == "lm_base"  # the command line wins
+    assert compose([])["model"]["preset"] == "transformer_small"  # translation keeps its default
