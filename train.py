@@ -2,7 +2,7 @@
 
     python train.py                                             # edp on Multi30k, transformer_small
     python train.py kernel=rbf task=iwslt model=transformer_iwslt_de_en trainer=paper
-    python train.py task=tinyshakespeare model=lm_small optim=adam_cosine
+    python train.py task=tinyshakespeare optim=adam_cosine                     # LM tasks default to lm_small
     python train.py --cfg job                                   # show the resolved config
 
 Run folders (one per job; each holds .hydra/config.yaml, train.log, checkpoints/, metrics.json, wandb/):
