@@ -61,8 +61,11 @@ def main(cfg: DictConfig) -> None:
     opts = config_from_mapping(EvaluateOptions, OmegaConf.to_container(cfg, resolve=True), "evaluate")  # type: ignore[arg-type]
     if not Path(opts.run_dir).is_dir():
         raise ConfigError(f"run_dir={opts.run_dir} is not a folder; pass a run folder that train.py wrote")
-    with RunFolderLock(opts.run_dir):
-        res = evaluate_run(**dataclasses.asdict(opts))
+    if not (Path(opts.run_dir) / ".hydra" / "config.yaml").is_file():
+        res = evaluate_run(**dataclasses.asdict(opts))  # not a run folder: says so, and leaves no .lock there
+    else:
+        with RunFolderLock(opts.run_dir):
+            res = evaluate_run(**dataclasses.asdict(opts))
     print(f"{_summary(res)}  → {cfg.run_dir}/metrics.json")
 
 

@@ -31,6 +31,7 @@ traceback) and handed to the library.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -43,7 +44,6 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from kernel_attention.config import TrainConfig, register_schemas
-from kernel_attention.registry import ConfigError
 
 log = logging.getLogger("kernel_attention.train")
 
@@ -87,9 +87,17 @@ def _discard_empty_run_dir(run_dir: Path) -> None:
     if not (log_file.is_file() and names <= {"train.log", ".lock"} and
             all((run_dir / n).stat().st_size == 0 for n in names)):
         return
+    from kernel_attention.training.lock import RunFolderLock
+
     logging.shutdown()
-    for n in names:
-        (run_dir / n).unlink()
+    lock = RunFolderLock(run_dir)
+    if not lock.try_acquire():  # another launch just took the folder: it is theirs now
+        return
+    try:  # unlink while holding the lock: no process can be left locking a file that no longer has a name
+        for n in names | {".lock"}:
+            (run_dir / n).unlink(missing_ok=True)
+    finally:
+        lock.release()
     stop = Path.cwd().resolve()
     d = run_dir.resolve()
     while d != stop and stop in d.parents and not any(d.iterdir()):
@@ -105,28 +113,49 @@ def _reject(run_dir: Path, e: Exception) -> NoReturn:
     sys.exit(cli.report("train", e))
 
 
-def _job_failed(run_dir: Path, dcfg: DictConfig, e: Exception, *, record: bool) -> str:
-    """A sweep job that cannot run ends alone: one line, ``failed`` with its reason in its own folder (``record``,
-    and only where no earlier run left a record), the sweep goes on, and it exits non-zero at the end."""
+def _job_error(run_dir: Path, dcfg: DictConfig, e: BaseException, *, multirun: bool, invalid_config: bool) -> str:
+    """Where every error of a job goes. A bug (or ``KA_FULL_ERROR=1``) keeps its traceback; a user error is one
+    line — a single run exits with its kind's code, a sweep job fails alone (``_job_failed``) and the sweep goes on."""
     from kernel_attention import cli
+
+    if cli.error_kind(e) is None or cli.wants_traceback():
+        raise e
+    if multirun:
+        return _job_failed(run_dir, dcfg, e, record=invalid_config)
+    _reject(run_dir, e)
+
+
+def _job_failed(run_dir: Path, dcfg: DictConfig, e: BaseException, *, record: bool) -> str:
+    """A sweep job that cannot run ends alone: one line; with ``record`` (its config is invalid) ``failed`` and its
+    reason go into its folder — only while holding the folder's lock and only where no earlier run left a record —
+    and the launching process is told, so the sweep exits non-zero at the end."""
+    from kernel_attention import cli
+    from kernel_attention.training.lock import RunFolderLock
     from kernel_attention.training.metrics import now_iso, read_metrics, update_metrics
 
-    reason = f"{cli.error_kind(e) or 'unexpected'} error: {cli.one_line(e)}"
+    kind = cli.error_kind(e) or "config"
+    reason = f"{kind} error: {cli.one_line(e)}"
     print(f"train: {run_dir.name}: {reason}", file=sys.stderr)
-    if record and not read_metrics(run_dir):
-        raw = OmegaConf.to_container(dcfg, resolve=False)
-        kernel, task = raw.get("kernel") or {}, raw.get("task") or {}
-        update_metrics(run_dir, {
-            "status": "failed", "status_reason": reason,
-            "run": {"name": run_dir.name, "dir": str(run_dir), "started_at": now_iso()},
-            "kernel": {"name": kernel.get("name"), "label": kernel.get("label") or kernel.get("name"),
-                       "params": {k: v for k, v in kernel.items() if k not in ("name", "label", "path")}},
-            "task": {"name": task.get("name"), "type": task.get("type")},
-            "seed": raw.get("seed"),
-        })
+    lock = RunFolderLock(run_dir)
+    if record and run_dir.is_dir() and lock.try_acquire():
+        try:
+            if not read_metrics(run_dir):
+                raw = OmegaConf.to_container(dcfg, resolve=False)
+                kernel, task = raw.get("kernel") or {}, raw.get("task") or {}
+                update_metrics(run_dir, {
+                    "status": "failed", "status_reason": reason,
+                    "run": {"name": run_dir.name, "dir": str(run_dir), "started_at": now_iso()},
+                    "kernel": {"name": kernel.get("name"), "label": kernel.get("label") or kernel.get("name"),
+                               "params": {k: v for k, v in kernel.items() if k not in ("name", "label", "path")}},
+                    "task": {"name": task.get("name"), "type": task.get("type")},
+                    "seed": raw.get("seed"),
+                })
+        finally:
+            lock.release()
     failed_dir = os.environ.get(FAILED_JOBS_ENV)
     if failed_dir:
-        (Path(failed_dir) / f"{os.getpid()}-{abs(hash(str(run_dir)))}").write_text(f"{run_dir}: {reason}\n")
+        with contextlib.suppress(OSError):  # the launching host's folder: a job on another host cannot reach it
+            (Path(failed_dir) / f"{os.getpid()}-{abs(hash(str(run_dir)))}").write_text(f"{kind}\t{run_dir}: {reason}\n")
     return "failed"
 
 
@@ -135,16 +164,11 @@ def main(dcfg: DictConfig) -> str:
     global _STOPPED
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
-    from kernel_attention.data import DataError
-    from kernel_attention.training.lock import RunFolderBusyError
-
     multirun = hc.mode == RunMode.MULTIRUN
     try:
         cfg = TrainConfig.from_dict(OmegaConf.to_container(dcfg, resolve=True))  # type: ignore[arg-type]
-    except (ConfigError, DataError) as e:
-        if multirun:  # this job's config is invalid: it fails alone, the sweep goes on
-            return _job_failed(run_dir, dcfg, e, record=True)
-        _reject(run_dir, e)
+    except Exception as e:  # this job's config is invalid (or cannot even be resolved)
+        return _job_error(run_dir, dcfg, e, multirun=multirun, invalid_config=True)
     if _STOPPED:
         log.warning("a stop signal was received earlier: not starting %s", run_dir)
         return "interrupted"
@@ -156,30 +180,59 @@ def main(dcfg: DictConfig) -> str:
     }
     try:
         status = train(cfg, run_dir, _run_info(cfg, multirun), record)
-    except (ConfigError, DataError, RunFolderBusyError) as e:
-        if multirun:  # the folder holds another run (or another process): leave its record alone
-            return _job_failed(run_dir, dcfg, e, record=False)
-        _reject(run_dir, e)
+    except Exception as e:  # e.g. the folder holds another run or process: its record is left alone
+        return _job_error(run_dir, dcfg, e, multirun=multirun, invalid_config=False)
     _STOPPED = status == "interrupted"
     return status
+
+
+def _swept_run_control(argv: list[str]) -> list[str]:
+    """Run-control keys (``config.RUN_CONTROL``) that a multirun command line sweeps (a list, range or glob)."""
+    if not any(a in ("-m", "--multirun") for a in argv):
+        return []
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from kernel_attention.config import run_control_override_keys
+
+    excluded = set(run_control_override_keys())
+    swept = []
+    for arg in argv:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        try:
+            override = OverridesParser.create().parse_overrides([arg])[0]
+        except Exception:  # Hydra reports a malformed override itself, on the usual path
+            continue
+        if override.is_sweep_override() and override.key_or_group in excluded:
+            swept.append(override.key_or_group)
+    return swept
 
 
 def cli() -> int:
     """Entry point: a bad configuration is one line on stderr and exit code 2 before any work (the shared error
     path of ``kernel_attention.cli``: ``KA_FULL_ERROR=1`` or ``HYDRA_FULL_ERROR=1`` for a traceback); a sweep
-    whose jobs failed on their own runs the rest and exits 2 at the end, naming them."""
+    whose jobs failed on their own runs the rest and exits at the end with their kind's code, naming them. A sweep
+    over a run-control setting is refused: its values would share one job folder."""
     import tempfile
 
     from kernel_attention import cli as shared
 
+    refused = _swept_run_control(sys.argv[1:])
+    if refused:
+        print(f"train: config error: the sweep varies {', '.join(refused)}, a run-control setting that does not name "
+              "job folders, so its values would share one folder (and skip each other); run one sweep per value "
+              "with sweep=<name>, or change it in a relaunch", file=sys.stderr)
+        return shared.EXIT_CODES["config"]
     with tempfile.TemporaryDirectory(prefix="ka-failed-jobs-") as failed_dir:
         os.environ[FAILED_JOBS_ENV] = failed_dir  # sweep jobs (in-process or launcher workers) report here
         code = shared.run_hydra("train", main)
-        failed = sorted(p.read_text().strip() for p in Path(failed_dir).iterdir())
+        failed = sorted(p.read_text().strip().split("\t", 1) for p in Path(failed_dir).iterdir())
     if failed and code == 0:
-        print(f"train: {len(failed)} job(s) of the sweep failed (each recorded in its folder): "
-              + "; ".join(failed), file=sys.stderr)
-        return shared.EXIT_CODES["config"]
+        kinds = sorted({kind for kind, _ in failed})
+        print(f"train: {len(failed)} job(s) of the sweep failed: " + "; ".join(line for _, line in failed),
+              file=sys.stderr)
+        # One kind: its code; several: the lowest (config errors first), as every failed job was reported above.
+        return min(shared.EXIT_CODES.get(k, 2) for k in kinds)
     return code
 
 

@@ -8,8 +8,9 @@ A finished run (status completed, diverged or failed) is fully described for the
 ``metrics.json`` (scores, per-sentence BLEU statistics for the bootstrap, the resolved config, the environment),
 ``.hydra/{config,overrides}.yaml``, ``train.log`` and ``test.hyp.txt``. ``save`` copies those of every finished
 job folder (never a running one, never checkpoints) into the archive, atomically per file. ``--restore`` copies
-them back into job folders that have no ``metrics.json`` yet, so relaunching the sweep's command skips the jobs
-that finished elsewhere — ``train.py`` sees a completed run with the same config — and runs only the rest.
+them back into job folders that have no ``metrics.json`` yet and that no live process holds (the run-folder
+lock), so relaunching the sweep's command skips the jobs that finished elsewhere — ``train.py`` sees a completed
+run with the same config — and runs only the rest.
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ sys.path.insert(0, str(REPO / "src"))
 from kernel_attention import cli  # noqa: E402
 from kernel_attention.report import ReportError  # noqa: E402
 from kernel_attention.training import atomic  # noqa: E402
+from kernel_attention.training.lock import RunFolderLock  # noqa: E402
+from kernel_attention.training.metrics import STATUSES  # noqa: E402
 
 FILES = ("metrics.json", ".hydra/config.yaml", ".hydra/overrides.yaml", "train.log", "test.hyp.txt")
-FINISHED = ("completed", "diverged", "failed")
+FINISHED = tuple(s for s in STATUSES if s != "running")
 
 
 def _finished_jobs(root: Path) -> list[Path]:
@@ -50,10 +53,17 @@ def copy_runs(src: Path, dst: Path, *, only_missing: bool) -> list[str]:
         target = dst / job.relative_to(src)
         if only_missing and (target / "metrics.json").exists():
             continue
-        for name in FILES:
-            f = job / name
-            if f.is_file():
-                atomic.write_bytes(target / name, f.read_bytes())
+        lock = RunFolderLock(target)
+        if not lock.try_acquire():  # a live trainer holds that folder: never write beside it
+            print(f"skipped {target}: in use by another process", file=sys.stderr)
+            continue
+        try:
+            for name in FILES:
+                f = job / name
+                if f.is_file():
+                    atomic.write_bytes(target / name, f.read_bytes())
+        finally:
+            lock.release()
         copied.append(str(job.relative_to(src)))
     return copied
 

@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 from test_train_support import tiny_overrides, write_tiny_corpora  # noqa: E402  (test helpers, not a package)
 
-CODES = {"config": 2, "data": 3, "run": 4, "file": 5}
+from kernel_attention.cli import EXIT_CODES as CODES  # noqa: E402
 
 
 @dataclass

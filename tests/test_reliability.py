@@ -321,3 +321,106 @@ def test_finished_runs_survive_a_new_machine_through_the_archive(tmp_path: Path,
     rep = subprocess.run([sys.executable, str(REPO / "scripts" / "report.py"), str(archive), "--no-plots"],
                          env=env(), capture_output=True, text=True)
     assert rep.returncode == 0 and "1 completed" in (archive / "report" / "REPORT.md").read_text()
+
+
+# ---- found in review: each reproduces a demonstrated failure ---------------------------------------------------
+def test_any_user_error_inside_a_job_is_one_line_and_leaves_no_trace(tmp_path: Path, tiny_root: Path) -> None:  # noqa: F811
+    proc = run_cli([*tiny_overrides(tiny_root, "mt", updates=4), "optim.lr=${nosuch}"], cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    _one_line(proc, "train", "config", "nosuch")  # no 'Error executing job' line from Hydra
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_an_unresolvable_sweep_job_fails_alone(tmp_path: Path, tiny_root: Path) -> None:  # noqa: F811
+    proc = run_cli(["-m", *tiny_overrides(tiny_root, "mt", updates=4), "model.dropout=${nosuch},0.1", "sweep=u"],
+                   cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "1 job(s) of the sweep failed" in proc.stderr
+    statuses = sorted(json.loads(m.read_text())["status"]
+                      for m in (tmp_path / "outputs" / "sweeps" / "u").glob("*/metrics.json"))
+    assert statuses == ["completed", "failed"]
+
+
+def test_a_sweep_over_a_run_control_setting_is_refused(tmp_path: Path, tiny_root: Path) -> None:  # noqa: F811
+    proc = run_cli(["-m", *tiny_overrides(tiny_root, "mt", updates=4), "trainer.max_updates=2,4"], cwd=tmp_path,
+                   check=False)
+    assert proc.returncode == 2
+    _one_line(proc, "train", "config", "the sweep varies trainer.max_updates")
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_a_relaunch_that_fails_to_start_keeps_the_finished_record(tmp_path: Path, tiny_root: Path) -> None:  # noqa: F811
+    args = tiny_overrides(tiny_root, "mt", updates=4)
+    run_cli(args, cwd=tmp_path)
+    before = _snapshot(tmp_path / RUN)
+    proc = run_cli([*args, "trainer.resume=true", "trainer.max_updates=6", f"task.data.root={tmp_path / 'moved'}"],
+                   cwd=tmp_path, check=False)
+    assert proc.returncode == 3
+    _one_line(proc, "train", "data", "moved")
+    assert _snapshot(tmp_path / RUN) == before  # still completed, config.yaml unchanged
+
+
+def test_a_failed_sweep_job_never_writes_into_a_locked_folder(tmp_path: Path, tiny_root: Path) -> None:  # noqa: F811
+    args = ["-m", *tiny_overrides(tiny_root, "mt", updates=4), "model.heads=3,2", "sweep=busy"]
+    sweep = tmp_path / "outputs" / "sweeps" / "busy"
+    heads3 = next(sweep.glob("*model.heads=3*"), None)
+    assert heads3 is None
+    run_cli(args, cwd=tmp_path, check=False)  # learn the invalid job's folder name
+    heads3 = next(sweep.glob("*model.heads=3*"))
+    (heads3 / "metrics.json").unlink()
+    with RunFolderLock(heads3):  # another process holds it
+        proc = run_cli(args, cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and not (heads3 / "metrics.json").exists()
+
+
+def test_a_sequence_beyond_learned_positions_in_translation_is_one_line(tmp_path: Path, tiny_root: Path) -> None:  # noqa: F811
+    """max_len filters training only and beam search can run longer, so this cannot all be checked at startup: the
+    model's own check says it in one line and the run is marked failed."""
+    proc = run_cli([*tiny_overrides(tiny_root, "mt", updates=4), "model.positions=learned", "model.max_positions=16",
+                    "task.data.max_len=null"], cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    _one_line(proc, "train", "config", "exceeds model.max_positions=16")
+    assert json.loads((tmp_path / RUN / "metrics.json").read_text())["status"] == "failed"
+
+
+def test_restore_never_writes_beside_a_live_process(tmp_path: Path) -> None:
+    archive, sweep = tmp_path / "archive" / "job", tmp_path / "sweep" / "job"
+    archive.mkdir(parents=True)
+    (archive / "metrics.json").write_text(json.dumps({"status": "completed"}))
+    sweep.mkdir(parents=True)
+    (sweep / "train.log").write_text("live\n")
+    script = str(REPO / "scripts" / "archive_runs.py")
+    with RunFolderLock(sweep):
+        proc = subprocess.run([sys.executable, script, "--restore", str(tmp_path / "archive"), str(tmp_path / "sweep")],
+                              env=env(), capture_output=True, text=True)
+    assert proc.returncode == 0 and "restored 0" in proc.stdout and "in use" in proc.stderr
+    assert (sweep / "train.log").read_text() == "live\n" and not (sweep / "metrics.json").exists()
+
+
+def test_wrapped_file_system_errors_and_lock_failures_are_one_line(tmp_path: Path, monkeypatch) -> None:
+    """A read-only run folder reaches us wrapped by logging ('Unable to configure handler'); a file system without
+    locks answers ENOLCK: both are 'file' errors naming the path, and the lock's file descriptor is closed."""
+    import errno
+    import fcntl
+
+    from kernel_attention import cli
+    from kernel_attention.training import lock as lock_mod
+
+    try:
+        try:
+            raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / "train.log"))
+        except OSError as inner:
+            raise ValueError("Unable to configure handler 'file'") from inner
+    except ValueError as wrapped:
+        assert cli.error_kind(wrapped) == "file"
+        assert cli.one_line(wrapped).startswith(f"cannot access {tmp_path / 'train.log'}: Read-only file system")
+
+    def no_locks(fd: int, op: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(lock_mod.fcntl, "flock", no_locks)
+    before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(OSError) as err:
+        RunFolderLock(tmp_path).acquire()
+    assert len(os.listdir("/proc/self/fd")) == before  # no descriptor leaked
+    assert cli.error_kind(err.value) == "file" and str(tmp_path / ".lock") in cli.one_line(err.value)
+    assert fcntl  # the real module is untouched outside lock.py

@@ -42,19 +42,38 @@ def error_kind(exc: BaseException) -> str | None:
         return "data"
     if isinstance(exc, (EvaluationError, RunFolderBusyError, ReportError)):
         return "run"
-    if isinstance(exc, (ConfigError, HydraException, OmegaConfBaseException)):
+    if isinstance(exc, (ConfigError, OmegaConfBaseException)):
         return "config"
-    if isinstance(exc, OSError) and exc.errno is not None:
+    if _os_error(exc) is not None:  # also when wrapped (logging's 'Unable to configure handler', Hydra's own)
         return "file"
+    if isinstance(exc, HydraException):
+        return "config"
+    return None
+
+
+def _os_error(exc: BaseException) -> OSError | None:
+    """The file-system error behind ``exc``: itself or one of its causes, an OSError with an errno."""
+    e: BaseException | None = exc
+    for _ in range(6):
+        if e is None:
+            return None
+        if isinstance(e, OSError) and e.errno is not None and not isinstance(e.args[0] if e.args else 0, str):
+            return e
+        e = e.__cause__ or e.__context__
     return None
 
 
 def one_line(exc: BaseException) -> str:
     """The message of ``exc`` (and its causes) on one line; Hydra/OmegaConf's bookkeeping lines dropped, file
     system errors as 'cannot access <path>: <reason>'."""
-    if isinstance(exc, OSError) and exc.errno is not None and not isinstance(exc.args[0] if exc.args else 0, str):
-        where = f" {exc.filename}" if exc.filename else ""
-        return f"cannot access{where}: {exc.strerror or exc}; check the permissions and free space of that folder"
+    from kernel_attention.data import DataError as DataError_
+    from kernel_attention.registry import ConfigError as ConfigError_
+
+    os_error = _os_error(exc)
+    if os_error is not None and not isinstance(exc, (ConfigError_, DataError_)):
+        where = f" {os_error.filename}" if os_error.filename else ""
+        return (f"cannot access{where}: {os_error.strerror or os_error}; check the permissions and free space of "
+                "that folder")
     parts: list[str] = []
     e: BaseException | None = exc
     while e is not None and len(parts) < 3:

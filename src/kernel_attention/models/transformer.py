@@ -53,7 +53,8 @@ class Embedder(nn.Module):
         T = tokens.shape[1]
         if offset + T > self.max_positions:
             if self.learned:
-                raise ValueError(f"sequence of {offset + T} tokens exceeds model.max_positions={self.max_positions}")
+                raise ConfigError(f"a sequence of {offset + T} tokens exceeds model.max_positions={self.max_positions} "
+                                  "(learned positions); raise model.max_positions or use model.positions=sinusoidal")
             self.table = sinusoidal_table(2 * (offset + T), self.table.shape[1]).to(self.table.device)
             self.max_positions = self.table.shape[0]
         pos = self.positions.weight[offset : offset + T] if self.learned else self.table[offset : offset + T]  # (T, C)

@@ -147,18 +147,22 @@ def _train_locked(cfg: TrainConfig, run_dir: Path, run: RunInfo, device: torch.d
         if info.is_main and plan.status == "completed":  # a diverged run has nothing to score
             _maybe_evaluate(cfg, run_dir, only_if_missing=True)
         return "skipped"
+    earlier = bool(read_metrics(run_dir))  # a relaunch: its record must survive a launch that fails to start
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        record_config(run_dir, record_files or {})
+        if not earlier:
+            record_config(run_dir, record_files or {})
 
     trainer: Trainer | None = None
     exit_code = 1
     try:
-        trainer = Trainer(cfg, run_dir, run, device, info, plan.state)
+        trainer = Trainer(cfg, run_dir, run, device, info, plan.state)  # data and model; then the record starts
+        if info.is_main and earlier:
+            record_config(run_dir, record_files or {})  # this launch runs: its resolved config is the record now
         status = trainer.fit()
         exit_code = 0
     except BaseException as e:
-        if info.is_main:
+        if info.is_main and (trainer is not None or not earlier):
             reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             update_metrics(run_dir, {"status": "failed", "status_reason": reason})
             log.error("training failed at update %d: %s", trainer.state.update if trainer else 0, reason)

@@ -69,7 +69,8 @@ def _load_last(last: Path) -> dict[str, Any]:
         return checkpoint.load(last, mmap=True)
     except Exception as e:  # a truncated file cannot happen (atomic writes) but a foreign one can
         problem = checkpoint.load_problem(e, last)
-        raise ConfigError(f"cannot load {last} ({problem}); move it away to start fresh") from None
+        raise ConfigError(f"cannot load {last} ({problem}); move it (or the whole run folder) away to start "
+                          "fresh") from None
 
 
 def record_config(run_dir: Path, files: dict[str, str]) -> None:
