@@ -223,7 +223,7 @@ def test_corrupt_checkpoint_message_never_suggests_unpickling(tmp_path: Path, ti
     proc = run_cli(args, cwd=tmp_path, check=False)
     assert proc.returncode == 2
     line = _one_line(proc, "train", "config", "cannot load")
-    assert "weights_only" not in line and len(line) < 300, line
+    assert "weights_only" not in line and len(line.replace(str(last), "")) < 250, line  # a CI path may be long
 
 
 def test_empty_data_root_names_the_variable(tmp_path: Path) -> None:

@@ -59,7 +59,8 @@ def _os_error(exc: BaseException) -> OSError | None:
             return None
         if isinstance(e, OSError) and e.errno is not None and not isinstance(e.args[0] if e.args else 0, str):
             return e
-        e = e.__cause__ or e.__context__
+        # ``raise ... from None`` hides the context on purpose (a busy lock's BlockingIOError): respect that.
+        e = e.__cause__ if e.__cause__ is not None or e.__suppress_context__ else e.__context__
     return None
 
 
