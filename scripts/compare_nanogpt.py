@@ -10,7 +10,8 @@ dropout 0, AdamW weight decay 0.1, clip 1.0, no compile, ``--eval_iters=20``, on
 the same file (first 90 % train, last 10 % validation — ours is the same split, ``conf/task/tinyshakespeare.yaml``).
 Ours runs the same sizes and schedule with ``model=lm_small`` overrides (its init: ``model.init=gpt2``).
 
-Both run one after the other in this process's environment with the same thread count (``--threads``), each
+Both run one after the other (or with ``--concurrent`` at the same time, so that a busy machine loads both
+alike) in this process's environment with the same thread count each (``--threads``), each
 timed from process start to exit (``wall_s``, start-up and evaluation included) and by its own training clock
 in updates only (nanoGPT: its per-iteration times, less the iterations that
 begin with an evaluation; ours: ``train.train_tokens / train.tokens_per_s``). Validation loss is nats per character
@@ -28,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from kernel_attention.cli import ArgumentParser, positive_int, run
@@ -53,11 +55,15 @@ def _timed(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> float:
     return time.perf_counter() - start
 
 
-def run_nanogpt(src: Path, work: Path, corpus: Path, updates: int, interval: int, env: dict[str, str]) -> dict:
+def prepare_nanogpt(src: Path, work: Path, corpus: Path, env: dict[str, str]) -> Path:
     tree = work / "nanogpt"
     shutil.copytree(src, tree, ignore=shutil.ignore_patterns(".git", "out-*"))
     shutil.copy(corpus, tree / "data" / "shakespeare_char" / "input.txt")  # prepare.py then skips its download
     _timed([sys.executable, "data/shakespeare_char/prepare.py"], tree, env, work / "nanogpt_prepare.log")
+    return tree
+
+
+def run_nanogpt(tree: Path, work: Path, updates: int, interval: int, env: dict[str, str]) -> dict:
     args = [*NANOGPT, f"--max_iters={updates}", f"--lr_decay_iters={updates}", f"--eval_interval={interval}",
             f"--out_dir={work / 'nanogpt_out'}"]
     log = work / "nanogpt_train.log"
@@ -70,23 +76,30 @@ def run_nanogpt(src: Path, work: Path, corpus: Path, updates: int, interval: int
     return {"valid_loss": valid, "train_s": train_ms / 1000, "wall_s": wall, "command": ["train.py", *args]}
 
 
+def _our_args(work: Path, updates: int, interval: int) -> list[str]:
+    return [*OURS, f"trainer.max_updates={updates}", f"trainer.validate_interval_updates={interval}",
+            f"hydra.run.dir={work / 'ours'}", f"task.data.out_root={work / 'data'}"]
+
+
+def prepare_ours(work: Path, env: dict[str, str]) -> None:
+    _timed([sys.executable, str(REPO / "scripts" / "prepare_data.py"), "task=tinyshakespeare",
+            f"task.data.out_root={work / 'data'}"], work, env, work / "ours_prepare.log")
+
+
 def run_ours(work: Path, updates: int, interval: int, env: dict[str, str]) -> dict:
-    run_dir = work / "ours"
-    args = [*OURS, f"trainer.max_updates={updates}", f"trainer.validate_interval_updates={interval}",
-            f"hydra.run.dir={run_dir}", f"task.data.out_root={work / 'data'}"]
-    _timed([sys.executable, str(REPO / "scripts" / "prepare_data.py"), "task=tinyshakespeare", args[-1]], work, env,
-           work / "ours_prepare.log")  # prepared before the clock starts, as nanoGPT's prepare.py is
+    args = _our_args(work, updates, interval)
     wall = _timed([sys.executable, str(REPO / "train.py"), *args], work, env, work / "ours_train.log")
-    m = json.loads((run_dir / "metrics.json").read_text())
+    m = json.loads((work / "ours" / "metrics.json").read_text())
     valid = {h["update"]: h["loss"] for h in m["valid"]["history"]}
     train_s = m["train"]["train_tokens"] / m["train"]["tokens_per_s"]  # time in updates, validation excluded
     return {"valid_loss": valid, "train_s": train_s, "run_wall_s": m["train"]["wall_time_s"], "wall_s": wall,
             "command": ["python train.py", *args[:-2]], "status": m["status"]}
 
 
-def table(nano: dict, ours: dict, threads: int) -> str:
+def table(nano: dict, ours: dict, threads: int, concurrent: bool) -> str:
     steps = sorted(set(nano["valid_loss"]) & set(ours["valid_loss"]))
-    lines = [f"Validation loss (nats/char) at equal updates, {threads} thread(s), same machine, one after the other.",
+    how = "at the same time" if concurrent else "one after the other"
+    lines = [f"Validation loss (nats/char) at equal updates; {threads} thread(s) each, same machine, {how}.",
              "", "| update | nanoGPT | ours (edp) | ours − nanoGPT |", "|---:|---:|---:|---:|"]
     for s in steps:
         a, b = nano["valid_loss"][s], ours["valid_loss"][s]
@@ -103,7 +116,9 @@ def main() -> int:
     p.add_argument("--out", type=Path, required=True, help="folder for comparison.md/.json and both logs")
     p.add_argument("--updates", type=positive_int, default=2000)
     p.add_argument("--interval", type=positive_int, default=250, help="validate every this many updates")
-    p.add_argument("--threads", type=positive_int, default=2)
+    p.add_argument("--threads", type=positive_int, default=2, help="threads for each of the two")
+    p.add_argument("--concurrent", action="store_true",
+                   help="run both at once (use --threads 1 on 2 cores): on a busy machine both then see the same load")
     args = p.parse_args()
     if not all((args.nanogpt / f).is_file() for f in ("train.py", "config/train_shakespeare_char.py")):
         raise DataError(f"{args.nanogpt} is not a nanoGPT checkout (no train.py / config/train_shakespeare_char.py); "
@@ -117,14 +132,21 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="ka_nanogpt_") as tmp:
         work = Path(tmp)
-        nano = run_nanogpt(args.nanogpt, work, corpus, args.updates, args.interval, env)
-        ours = run_ours(work, args.updates, args.interval, env)
+        tree = prepare_nanogpt(args.nanogpt, work, corpus, env)
+        prepare_ours(work, env)  # both prepared before either clock starts
+        jobs = (lambda: run_nanogpt(tree, work, args.updates, args.interval, env),
+                lambda: run_ours(work, args.updates, args.interval, env))
+        if args.concurrent:  # the same load on both, whatever else the machine runs
+            with ThreadPoolExecutor(2) as pool:
+                nano, ours = (f.result() for f in [pool.submit(j) for j in jobs])
+        else:
+            nano, ours = (j() for j in jobs)
         for log in ("nanogpt_train.log", "ours_train.log"):
             shutil.copy(work / log, args.out / log)
-    md = table(nano, ours, args.threads)
+    md = table(nano, ours, args.threads, args.concurrent)
     write_text(args.out / "comparison.md", md)
-    write_json(args.out / "comparison.json", {"threads": args.threads, "updates": args.updates, "nanogpt": nano,
-                                              "ours": ours})
+    write_json(args.out / "comparison.json", {"threads": args.threads, "concurrent": args.concurrent,
+                                              "updates": args.updates, "nanogpt": nano, "ours": ours})
     print(md, end="")
     return 0
 
