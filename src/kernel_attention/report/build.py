@@ -17,6 +17,7 @@ from kernel_attention.report.families import families, families_markdown, family
 from kernel_attention.report.plots import metric_vs_featdim, valid_curves
 from kernel_attention.report.stats import ALPHA
 from kernel_attention.report.tables import BASELINE, TaskTable, build_task_table, p_eq, to_csv, to_latex, to_markdown
+from kernel_attention.report.throughput import metric_vs_throughput, speeds, throughput_markdown
 from kernel_attention.report.verdict import TaskVerdict, overall, task_verdict
 
 
@@ -99,6 +100,8 @@ def _task_section(t: TaskTable, v: TaskVerdict, level: str = "##") -> str:
         f"![validation curves]({name}_valid_curves.png)\n"
         + (f"\n{level}# Feature-dimension curves\n\n{families_markdown(t)}\n"
            f"![{t.metric} vs feature dimension per family]({name}_families.png)\n" if families(t) else "")
+        + (f"\n{level}# Quality against training speed\n\n{throughput_markdown(t)}\n"
+           f"![{t.metric} vs training tokens/s]({name}_metric_vs_speed.png)\n" if speeds(t)[0] else "")
     )
 
 
@@ -188,6 +191,7 @@ def build_report(
         if plots:
             figures = [("metric_vs_featdim", metric_vs_featdim), ("valid_curves", valid_curves)]
             figures += [("families", family_curves)] if families(t) else []
+            figures += [("metric_vs_speed", metric_vs_throughput)] if speeds(t)[0] else []
             for suffix, make in figures:
                 atomic_save_figure(make(t), out / f"{name}_{suffix}.png")
                 files.append(out / f"{name}_{suffix}.png")
