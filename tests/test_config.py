@@ -71,6 +71,20 @@ def test_run_control_fields_may_differ_on_resume() -> None:
     assert config_differences(a, c) == ["optim.lr"]
 
 
+@pytest.mark.parametrize("task", ["multi30k", "tinyshakespeare"])
+def test_checkpoint_from_the_single_task_config_resumes(task: str) -> None:
+    """Checkpoints written before task types had their own configs hold every task option (an LM run's max_len_a,
+    a translation run's block_size): those never acted on the run, so they are no difference; the run's own
+    options still are."""
+    new = TrainConfig.from_dict(compose([f"task={task}"])).to_dict()
+    old = {**new, "task": {"block_size": 256, "valid_bleu_samples": 200, "max_len_a": 1.2, "max_len_b": 10,
+                           **new["task"]}}
+    assert config_differences(old, new) == []
+    own = "block_size" if task == "tinyshakespeare" else "valid_bleu_samples"
+    changed = {**old, "task": {**old["task"], own: 7}}
+    assert config_differences(changed, new) == [f"task.{own}"]
+
+
 def test_launcher_configs_exist_and_compose(tmp_path: Path) -> None:
     for launcher in ("joblib", "slurm"):
         proc = run_cli([f"hydra/launcher={launcher}", "--cfg", "hydra"], cwd=tmp_path)
