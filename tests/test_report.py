@@ -419,3 +419,6 @@ def test_other_test_sets_are_their_own_columns(tmp_path: Path) -> None:
     csv_rows = {r["kernel"]: r for r in csv.DictReader((tmp_path / "out" / "wikitext2.csv").open())}
     assert float(csv_rows["rbf"]["test_set.mine.mean"]) == pytest.approx(20.5)
     assert csv_rows["rbf"]["test_set.mine.n"] == "2"
+    tex = (tmp_path / "out" / "wikitext2.tex").read_text()
+    assert r"\begin{tabular}{llrccrrrrrrr}" in tex and r"& mine ppl $\downarrow$ &" in tex
+    assert r"32.00 $\pm$ 2.00" in tex

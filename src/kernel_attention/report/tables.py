@@ -257,10 +257,11 @@ def to_latex(t: TaskTable) -> str:
     """A booktabs ``tabular`` (needs ``\\usepackage{booktabs}``), a rule between the two groups."""
     base = t.baseline.kernel if t.baseline else BASELINE
     metric = _tex(t.metric_header).replace("↑", r"$\uparrow$").replace("↓", r"$\downarrow$")
+    extra = "".join(f" & {_tex(name)} {metric}" for name in t.test_sets)
     lines = [
-        r"\begin{tabular}{llrccrrrrrr}",
+        r"\begin{tabular}{llrccrr" + "r" * len(t.test_sets) + "rrrr}",
         r"\toprule",
-        f"Group & Kernel & {_tex(_featdim_header(t))} & Sym. & PD & {metric} & $n$ & Div. & Failed & "
+        f"Group & Kernel & {_tex(_featdim_header(t))} & Sym. & PD & {metric} & $n${extra} & Div. & Failed & "
         f"Params & tok/s \\\\",
         r"\midrule",
     ]
@@ -275,6 +276,7 @@ def to_latex(t: TaskTable) -> str:
         cells = [
             r.group, kernel, fmt_featdim(g.feature_dim, latex=True), _flag_bool(g.first("symmetric")),
             _flag_bool(g.first("positive_definite")), fmt_value(r.summary, r"$\pm$") + flags, str(r.summary.n),
+            *[fmt_value(r.test_sets[name], r"$\pm$") for name in t.test_sets],
             str(r.diverged), str(r.failed), fmt_params(r.model_params),
             "?" if r.tokens_per_s is None else f"{r.tokens_per_s:.0f}",
         ]  # fmt: skip
