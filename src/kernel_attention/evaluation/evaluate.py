@@ -117,7 +117,7 @@ def load_run(run_dir: Path | str, checkpoint: str | None = "best", data_dir: Pat
 
 def evaluate_run(
     run_dir: Path | str,
-    checkpoint: str = "best",
+    checkpoint: str | None = "best",
     split: str | None = "test",
     beam: int = 5,
     lenpen: float = 1.0,
@@ -150,7 +150,8 @@ def evaluate_run(
     sets = _test_sets(test_sets)
     if split is None and not sets:
         raise ConfigError("nothing to evaluate: split is null and no test_sets are given")
-    _, task, model, dev = load_run(run_dir, checkpoint, data_dir, device)
+    cfg, task, model, dev = load_run(run_dir, checkpoint, data_dir, device)
+    checkpoint = checkpoint or cfg.trainer.eval_checkpoint  # None: the run's own choice, recorded by name
     run_dir = Path(run_dir)
     task.check_options(opts)
     # Every test set is read and encoded now: a missing or misaligned file fails before anything is written.
