@@ -129,3 +129,12 @@ def test_learned_positions_refuse_too_long_input() -> None:
     model = build_model(cfg, "edp", None, "lm", V, PAD)
     with pytest.raises(ValueError, match="max_positions"):
         model(_tokens(1, 5, 0))
+
+
+def test_build_model_keeps_its_former_call_forms() -> None:
+    """Callers of the former signature (task type names, the task_type keyword) get the same architecture."""
+    for old, arch in (("translation", "encoder_decoder"), ("lm", "decoder_only")):
+        assert build_model(TINY, "edp", None, old, V, PAD).architecture == arch
+        assert build_model(TINY, "edp", None, task_type=old, vocab_size=V, pad_id=PAD).architecture == arch
+    with pytest.raises(ConfigError, match="unknown architecture 'seq2seq'"):
+        build_model(TINY, "edp", None, "seq2seq", V, PAD)

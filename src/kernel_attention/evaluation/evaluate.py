@@ -189,6 +189,9 @@ def evaluate_run(
     return result
 
 
+_load_config = load_config  # the former (private) name
+
+
 def checkpoint_state(path: Path) -> dict[str, torch.Tensor]:
     """The model weights of a checkpoint file (``{"model": state_dict, ...}``), loaded with weights_only."""
     try:

@@ -262,10 +262,14 @@ _LEGACY_NAMES = {"translation": "encoder_decoder", "lm": "decoder_only"}
 
 
 def build_model(
-    cfg: ModelConfig, kernel_name: str, kernel_cfg: KernelSpec, architecture: str, vocab_size: int, pad_id: int
+    cfg: ModelConfig, kernel_name: str, kernel_cfg: KernelSpec, architecture: str | None = None,
+    vocab_size: int | None = None, pad_id: int | None = None, *, task_type: str | None = None,
 ) -> EncoderDecoderTransformer | DecoderOnlyLM:
     """``architecture`` (``encoder_decoder`` | ``decoder_only``: what a task declares) at ``cfg``'s size with
-    kernel ``kernel_name`` in every attention role."""
+    kernel ``kernel_name`` in every attention role. ``task_type=`` is the keyword of the former signature."""
+    architecture = architecture if architecture is not None else task_type
+    if architecture is None or vocab_size is None or pad_id is None:
+        raise TypeError("build_model needs architecture, vocab_size and pad_id")
     cfg.validate()
     arch = _LEGACY_NAMES.get(architecture, architecture)
     if arch not in ARCHITECTURES:
