@@ -125,13 +125,22 @@ def _job_error(run_dir: Path, dcfg: DictConfig, e: BaseException, *, multirun: b
     _reject(run_dir, e)
 
 
+def _task_record(task_type: object) -> dict:
+    """The task facts of a failure record: the type and, for a registered one, its metric and direction."""
+    from kernel_attention.tasks import TASKS
+
+    if isinstance(task_type, str) and task_type in TASKS:
+        return TASKS.get(task_type).record()
+    return {"type": task_type}
+
+
 def _job_failed(run_dir: Path, dcfg: DictConfig, e: BaseException, *, record: bool) -> str:
     """A sweep job that cannot run ends alone: one line; with ``record`` (its config is invalid) ``failed`` and its
     reason go into its folder — only while holding the folder's lock and only where no earlier run left a record —
     and the launching process is told, so the sweep exits non-zero at the end."""
     from kernel_attention import cli
+    from kernel_attention.store.metrics import now_iso, read_metrics, update_metrics
     from kernel_attention.training.lock import RunFolderLock
-    from kernel_attention.training.metrics import now_iso, read_metrics, update_metrics
 
     kind = cli.error_kind(e) or "config"
     reason = f"{kind} error: {cli.one_line(e)}"
@@ -147,7 +156,7 @@ def _job_failed(run_dir: Path, dcfg: DictConfig, e: BaseException, *, record: bo
                     "run": {"name": run_dir.name, "dir": str(run_dir), "started_at": now_iso()},
                     "kernel": {"name": kernel.get("name"), "label": kernel.get("label") or kernel.get("name"),
                                "params": {k: v for k, v in kernel.items() if k not in ("name", "label", "path")}},
-                    "task": {"name": task.get("name"), "type": task.get("type")},
+                    "task": {"name": task.get("name"), **_task_record(task.get("type"))},
                     "seed": raw.get("seed"),
                 })
         finally:

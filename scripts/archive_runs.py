@@ -24,9 +24,9 @@ sys.path.insert(0, str(REPO / "src"))
 
 from kernel_attention import cli  # noqa: E402
 from kernel_attention.report import ReportError  # noqa: E402
-from kernel_attention.training import atomic  # noqa: E402
+from kernel_attention.store import atomic  # noqa: E402
+from kernel_attention.store.metrics import STATUSES  # noqa: E402
 from kernel_attention.training.lock import RunFolderLock  # noqa: E402
-from kernel_attention.training.metrics import STATUSES  # noqa: E402
 
 FILES = ("metrics.json", ".hydra/config.yaml", ".hydra/overrides.yaml", "train.log", "test.hyp.txt", "throughput.json")
 FINISHED = tuple(s for s in STATUSES if s != "running")

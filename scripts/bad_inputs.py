@@ -35,7 +35,7 @@ from kernel_attention.cli import EXIT_CODES as CODES  # noqa: E402
 @dataclass
 class Case:
     name: str
-    prog: str  # train | evaluate | prepare_data | report
+    prog: str  # train | evaluate | translate | sample | prepare_data | report
     args: list[str]
     kind: str  # the expected error kind
     needle: str  # must appear in the one line
@@ -143,6 +143,30 @@ def cases(work: Path) -> list[Case]:
              "is in use by process", protect="interrupted", setup="lock:interrupted"))
     add(Case("evaluate corrupt checkpoint", "evaluate", [f"run_dir={work / 'corrupt'}", "checkpoint=last"], "run",
              "cannot be loaded", setup="corrupt"))
+    mt_test = work / "corpus" / "mt" / "test"
+    for name, args, kind, needle in [
+        ("without ref", [f"test_sets.x.src={mt_test}.de"], "config", "needs src=<source file> and ref="),
+        ("missing file", [f"test_sets.x.src={work / 'nope.de'}", f"test_sets.x.ref={mt_test}.en"], "data",
+         "not found"),
+        ("misaligned", [f"test_sets.x.src={mt_test}.de", f"test_sets.x.ref={work / 'corpus' / 'lm.txt'}"], "data",
+         "aligned line by line"),
+        ("unknown sacrebleu set", ["test_sets.x.sacrebleu=wmt99"], "config", "not a sacreBLEU test set"),
+        ("unknown field", ["test_sets.x.srcc=a"], "config", "srcc"),
+        ("not UTF-8", [f"test_sets.x.src={work / 'latin1.txt'}", f"test_sets.x.ref={work / 'latin1.txt'}"], "data",
+         "not valid UTF-8"),
+    ]:
+        add(Case(f"evaluate test set {name}", "evaluate", [*ev, *args], kind, needle, protect="completed",
+                 setup="latin1"))
+    # -- translate / sample -----------------------------------------------------------------------------------
+    add(Case("translate without run_dir", "translate", [], "config", "run_dir is missing"))
+    add(Case("translate beam=0", "translate", [*ev, "beam=0"], "config", "beam must be >= 1", protect="completed"))
+    add(Case("translate missing input", "translate", [*ev, f"input={work / 'nope.de'}"], "config", "not a file",
+             protect="completed"))
+    add(Case("translate input not UTF-8", "translate", [*ev, f"input={work / 'latin1.txt'}"], "data",
+             "line 1 is not valid UTF-8", protect="completed", setup="latin1"))
+    add(Case("sample a translation run", "sample", ev, "config", "does not sample text", protect="completed"))
+    add(Case("sample temperature=-1", "sample", [*ev, "temperature=-1"], "config", "temperature",
+             protect="completed"))
     # -- prepare_data -----------------------------------------------------------------------------------------
     add(Case("prepare unknown task", "prepare_data", ["task=nosuch"], "config", "Available options in 'task'"))
     add(Case("prepare missing files", "prepare_data", [f"task.data.root={work}", "task.data.path=nowhere"], "data",
@@ -170,7 +194,8 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-ENTRY = {"train": REPO / "train.py", "evaluate": REPO / "evaluate.py",
+ENTRY = {"train": REPO / "train.py", "evaluate": REPO / "evaluate.py", "translate": REPO / "translate.py",
+         "sample": REPO / "sample.py",
          "prepare_data": REPO / "scripts" / "prepare_data.py", "report": REPO / "scripts" / "report.py"}
 
 
@@ -230,6 +255,8 @@ def run_case(case: Case, work: Path) -> tuple[bool, str]:
             f"L({str(folder)!r}).acquire(); print('held', flush=True); time.sleep(120)")],
             stdout=subprocess.PIPE, text=True)
         holder.stdout.readline()
+    if case.setup == "latin1" and not (work / "latin1.txt").exists():
+        (work / "latin1.txt").write_bytes("Straße\n".encode("latin-1"))
     if case.setup == "afile" and not (work / "afile").exists():
         (work / "afile").write_text("a file where a folder would go\n")
     try:

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from kernel_attention.cli import ArgumentParser, positive_int, run
 from kernel_attention.data import DataError
-from kernel_attention.training.atomic import write_json, write_text
+from kernel_attention.store.atomic import write_json, write_text
 
 REPO = Path(__file__).resolve().parents[1]
 OURS = ["kernel=edp", "task=tinyshakespeare", "model=lm_small", "model.decoder_layers=4", "model.d_model=128",

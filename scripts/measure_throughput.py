@@ -36,8 +36,8 @@ from kernel_attention.benchmarks import machine_info
 from kernel_attention.config import TrainConfig
 from kernel_attention.data import PreparedData, ensure_prepared
 from kernel_attention.report import ReportError
+from kernel_attention.store import atomic
 from kernel_attention.tasks import build_task
-from kernel_attention.training import atomic
 from kernel_attention.training.lock import RunFolderLock
 from kernel_attention.training.optim import build_optimizer
 

@@ -6,7 +6,7 @@ import itertools
 from pathlib import Path
 
 import pytest
-from test_train_support import CONF, compose, run_cli, tiny_overrides, tiny_root  # noqa: F401
+from test_train_support import CONF, compose, run_cli, tiny_overrides
 
 from kernel_attention.config import TrainConfig, config_differences
 from kernel_attention.registry import ConfigError
@@ -18,17 +18,28 @@ def options(group: str) -> list[str]:
 
 
 
-@pytest.mark.parametrize("kernel,task,model", list(itertools.product(options("kernel"), options("task"),
-                                                                     options("model"))))
-def test_kernel_task_model_combinations_compose(kernel: str, task: str, model: str) -> None:
-    raw = compose([f"kernel={kernel}", f"task={task}", f"model={model}"])
+@pytest.mark.parametrize("task,model", list(itertools.product(options("task"), options("model"))))
+def test_task_model_combinations_compose(task: str, model: str) -> None:
+    """Every task × model preset (with the default kernel): valid pairs build, an LM preset under a translation
+    task is refused. The kernel axis is independent of both (the kernel only enters the attention layers), so
+    it is covered once per kernel below instead of crossing it with these."""
+    raw = compose([f"task={task}", f"model={model}"])
     if raw["task"]["type"] == "translation" and min(raw["model"]["encoder_layers"], raw["model"]["decoder_layers"]) < 1:
         with pytest.raises(ConfigError, match="has no encoder"):
             TrainConfig.from_dict(raw)
         return
     cfg = TrainConfig.from_dict(raw)
-    assert cfg.kernel_name == raw["kernel"]["name"] and cfg.task.name == raw["task"]["name"]
+    assert cfg.task.name == raw["task"]["name"] and cfg.model.preset == raw["model"]["preset"]
+    assert type(cfg.task).__name__ == {"translation": "TranslationConfig", "lm": "LMConfig"}[raw["task"]["type"]]
     assert cfg.model.d_model % cfg.model.heads == 0
+
+
+@pytest.mark.parametrize("kernel", options("kernel"))
+def test_every_kernel_composes_with_both_task_types(kernel: str) -> None:
+    for task in ("multi30k", "tinyshakespeare"):
+        raw = compose([f"kernel={kernel}", f"task={task}"])
+        cfg = TrainConfig.from_dict(raw)
+        assert cfg.kernel_name == raw["kernel"]["name"] and cfg.task.name == task
 
 
 @pytest.mark.parametrize("group", ["optim", "trainer", "logger"])
@@ -60,6 +71,20 @@ def test_run_control_fields_may_differ_on_resume() -> None:
     assert config_differences(a, c) == ["optim.lr"]
 
 
+@pytest.mark.parametrize("task", ["multi30k", "tinyshakespeare"])
+def test_checkpoint_from_the_single_task_config_resumes(task: str) -> None:
+    """Checkpoints written before task types had their own configs hold every task option (an LM run's max_len_a,
+    a translation run's block_size): those never acted on the run, so they are no difference; the run's own
+    options still are."""
+    new = TrainConfig.from_dict(compose([f"task={task}"])).to_dict()
+    old = {**new, "task": {"block_size": 256, "valid_bleu_samples": 200, "max_len_a": 1.2, "max_len_b": 10,
+                           **new["task"]}}
+    assert config_differences(old, new) == []
+    own = "block_size" if task == "tinyshakespeare" else "valid_bleu_samples"
+    changed = {**old, "task": {**old["task"], own: 7}}
+    assert config_differences(changed, new) == [f"task.{own}"]
+
+
 def test_launcher_configs_exist_and_compose(tmp_path: Path) -> None:
     for launcher in ("joblib", "slurm"):
         proc = run_cli([f"hydra/launcher={launcher}", "--cfg", "hydra"], cwd=tmp_path)
@@ -71,7 +96,12 @@ BAD = [
     (["+trainer.foo=1"], "unknown option(s) foo for trainer"),
     (["+kernel.foo=1"], "unknown option(s) foo for kernel"),
     (["optim.lr=abc"], "could not be converted to Float"),  # wrong type
-    (["task.max_tokens=abc"], "task: option max_tokens='abc' must be of type int"),
+    (["task.max_tokens=abc"], "task 'multi30k' (translation): option max_tokens='abc' must be of type int"),
+    # Each task type has its own options: an LM option on a translation task (and back) is named and refused.
+    (["+task.block_size=64"], "unknown option(s) block_size for task 'multi30k' (translation); allowed: "),
+    (["task=tinyshakespeare", "+task.valid_bleu_samples=5"], "unknown option(s) valid_bleu_samples for task "
+                                                              "'tinyshakespeare' (lm)"),
+    (["task=tinyshakespeare", "trainer.best_metric=bleu"], "trainer.best_metric='bleu' is not a validation number"),
     (["model.heads=3"], "model.heads=3"),  # heads must divide d_model
     (["kernel=nope"], "Could not find 'kernel/nope'"),
     (["model=lm_small"], "has no encoder"),
@@ -89,7 +119,7 @@ def test_bad_config_is_one_line_and_exit_2(tmp_path: Path, args: list[str], need
     assert not (tmp_path / "outputs").exists(), "a rejected command must not leave a run folder"
 
 
-def test_resume_with_different_config_is_refused(tmp_path: Path, tiny_root: Path) -> None:  # noqa: F811
+def test_resume_with_different_config_is_refused(tmp_path: Path, tiny_root: Path) -> None:
     args = [*tiny_overrides(tiny_root, "mt", updates=4), "trainer.max_updates=1000",
             "trainer.max_wall_time=0.01"]
     run_cli(args, cwd=tmp_path)  # stops on wall time right away, leaving last.pt

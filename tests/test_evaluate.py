@@ -9,6 +9,7 @@ import random
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sacrebleu
@@ -16,7 +17,7 @@ import torch
 import yaml
 
 from kernel_attention.config import TrainConfig
-from kernel_attention.data import PreparedData, ensure_prepared
+from kernel_attention.data import DataError, PreparedData
 from kernel_attention.evaluation import EvaluationError, evaluate_run
 from kernel_attention.evaluation.bleu import bleu_from_stats
 from kernel_attention.evaluation.evaluate import make_batches, translate
@@ -26,51 +27,6 @@ from kernel_attention.models import build_model
 from kernel_attention.registry import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
-MODEL = {"preset": "t", "encoder_layers": 1, "decoder_layers": 1, "d_model": 16, "ffn_dim": 32, "heads": 2,
-         "dropout": 0.0}
-DE = ["der", "die", "das", "ein", "eine", "hund", "katze", "mann", "frau", "spielt", "läuft", "im", "park",
-      "auf", "dem"]
-EN = ["the", "a", "dog", "cat", "man", "woman", "plays", "runs", "in", "park", "on", "street"]
-
-
-def _write_translation_corpus(raw: Path) -> None:
-    rng = random.Random(0)
-    raw.mkdir(parents=True)
-    for split, n in [("train", 60), ("valid", 8), ("test", 9)]:
-        for lang, words in (("de", DE), ("en", EN)):
-            lines = [" ".join(rng.choice(words) for _ in range(rng.randint(2, 7))).capitalize() + " ."
-                     for _ in range(n)]
-            (raw / f"{split}.{lang}").write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
-def _make_run(tmp: Path, task: str, data: dict, **task_opts) -> Path:
-    """Prepare the data, write .hydra/config.yaml as train.py would, save random weights as checkpoints/best.pt."""
-    data = {"root": str(tmp), "out_root": str(tmp / "data"), "spm_threads": 1, **data}
-    cfg = TrainConfig.from_dict({"kernel": {"name": "edp"}, "model": MODEL,
-                                 "task": {"name": task, "type": data["type"], "data": data, **task_opts}})
-    folder = ensure_prepared(cfg.task.data)
-    vocab = PreparedData(folder).vocab
-    run = tmp / "run"
-    (run / ".hydra").mkdir(parents=True)
-    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()), encoding="utf-8")
-    torch.manual_seed(0)
-    model = build_model(cfg.model, "edp", cfg.kernel, cfg.task.type, vocab.size, vocab.pad)
-    (run / "checkpoints").mkdir()
-    torch.save({"model": model.state_dict(), "update": 0}, run / "checkpoints" / "best.pt")
-    # What training leaves: evaluation must keep it.
-    (run / "metrics.json").write_text(json.dumps({"schema": 1, "status": "completed", "valid": {"best_loss": 9.9},
-                                                  "test": {"stale_key": 1}}))
-    return run
-
-
-@pytest.fixture
-def mt_run(tmp_path: Path, request: pytest.FixtureRequest) -> Path:
-    _write_translation_corpus(tmp_path / "raw")
-    prep = getattr(request, "param", "raw")
-    return _make_run(tmp_path, "toy", {"type": "translation", "path": "raw", "vocab_size": 60,
-                                       "text_preprocessing": prep}, max_len_a=0.0, max_len_b=8)
-
-
 @pytest.mark.parametrize("mt_run", ["raw", "moses-tokenized+lowercased"], indirect=True)
 def test_evaluate_translation_writes_test_section_and_hypotheses(mt_run: Path) -> None:
     res = evaluate_run(mt_run, beam=3, device="cpu")
@@ -122,10 +78,10 @@ def test_translate_batches_keep_corpus_order(mt_run: Path) -> None:
 
 
 @pytest.mark.parametrize("fractions", [[0.8, 0.1, 0.1], [0.9, 0.1]])
-def test_evaluate_char_lm(tmp_path: Path, fractions: list[float]) -> None:
+def test_evaluate_char_lm(tmp_path: Path, fractions: list[float], make_run: Any) -> None:
     text = "".join(random.Random(1).choice("abcde fgh\n") for _ in range(3000))
     (tmp_path / "lm.txt").write_text(text, encoding="utf-8")
-    run = _make_run(tmp_path, "chars", {"type": "lm", "source": "file", "path": "lm.txt", "split_fractions": fractions,
+    run = make_run(tmp_path, "chars", {"type": "lm", "source": "file", "path": "lm.txt", "split_fractions": fractions,
                                         "spm_model_type": "char", "vocab_size": 64}, block_size=32)
     res = evaluate_run(run, device="cpu", lm_stride=16)
     data = PreparedData(next((tmp_path / "data" / "chars").iterdir()))
@@ -186,3 +142,64 @@ def test_cli(mt_run: Path, tmp_path: Path) -> None:
         assert len(bad.stderr.strip().splitlines()) == 1 and hint in bad.stderr, bad.stderr
         assert bad.stderr.startswith("evaluate: "), bad.stderr
     assert list(cwd.iterdir()) == []
+
+
+# ---- other test sets (evaluate.py test_sets.<name>), translate.py and sample.py ------------------------------
+
+@pytest.mark.parametrize("mt_run", ["raw", "moses-tokenized+lowercased"], indirect=True)
+def test_raw_test_set_scores_like_the_prepared_split(mt_run: Path, tmp_path: Path) -> None:
+    """The prepared test split, given again as raw files: encoded with the run's tokenizer it must give the same
+    hypotheses and scores (BLEU, tok BLEU, stats), in its own section and hypothesis file."""
+    raw = tmp_path / "raw"
+    res = evaluate_run(mt_run, beam=2, device="cpu",
+                       test_sets={"again": {"src": str(raw / "test.de"), "ref": str(raw / "test.en")}})
+    again = res["test_sets"]["again"]
+    for key in ("n", "bleu", "chrf", "bleu_stats", "bleu_signature"):
+        assert again[key] == res[key], key
+    assert ("tok_bleu" in again) == ("tok_bleu" in res) and again.get("tok_bleu") == res.get("tok_bleu")
+    assert (mt_run / "test_set.again.hyp.txt").read_text() == (mt_run / "test.hyp.txt").read_text()
+    m = json.loads((mt_run / "metrics.json").read_text())
+    assert m["test_sets"]["again"]["bleu"] == res["bleu"] and m["test_sets"]["again"]["src"] == str(raw / "test.de")
+    refs = (raw / "test.en").read_text().splitlines()
+    hyps = (mt_run / "test_set.again.hyp.txt").read_text().splitlines()
+    lowercase = "case:lc" in again["bleu_signature"]
+    assert again["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs], lowercase=lowercase).score)
+    # Only the test set: the split's section stays as it was.
+    before = m["test"]
+    evaluate_run(mt_run, split=None, beam=1, device="cpu", test_sets={"again": {"src": str(raw / "test.de"),
+                                                                                 "ref": str(raw / "test.en")}})
+    m = json.loads((mt_run / "metrics.json").read_text())
+    assert m["test"] == before and m["test_sets"]["again"]["beam"] == 1
+
+
+def test_bad_test_sets_change_nothing(mt_run: Path, tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    (tmp_path / "short.en").write_text("a\n", encoding="utf-8")
+    before = (mt_run / "metrics.json").read_bytes()
+    cases = [
+        ({"x": {"src": str(raw / "test.de")}}, ConfigError, "needs src=<source file> and ref="),
+        ({"x": {"src": str(raw / "test.de"), "ref": str(tmp_path / "short.en")}}, DataError, "aligned line by line"),
+        ({"x": {"src": str(tmp_path / "nope.de"), "ref": str(raw / "test.en")}}, DataError, "not found"),
+        ({"x": {"sacrebleu": "wmt99"}}, ConfigError, "not a sacreBLEU test set"),
+        ({"x": {"srcc": "a"}}, ConfigError, "unknown option"),
+        ({"x/y": {"src": "a", "ref": "b"}}, ConfigError, "letters, digits"),
+    ]
+    for sets, exc, hint in cases:
+        with pytest.raises(exc, match=hint):
+            evaluate_run(mt_run, device="cpu", test_sets=sets)  # the valid split would be written first
+    assert (mt_run / "metrics.json").read_bytes() == before and not (mt_run / "test.hyp.txt").exists()
+
+
+@pytest.mark.parametrize("mt_run", ["raw", "lowercased", "moses-tokenized+lowercased"], indirect=True)
+def test_validation_bleu_follows_the_test_convention(mt_run: Path) -> None:
+    """Validation BLEU (greedy, every valid sentence here) is the number evaluation computes on the valid split
+    with beam 1: tokenized BLEU exactly when the corpus is tokenized *and* lowercased. (Before the task owned
+    both, validation treated a corpus as tokenized when it was merely "lowercased".)"""
+    from kernel_attention.evaluation.evaluate import load_run
+
+    _, task, model, device = load_run(mt_run, device="cpu")
+    valid = task.valid_metrics(model, device)
+    res = evaluate_run(mt_run, split="valid", beam=1, device="cpu")
+    tokenized = "tokenized" in json.loads((task.data.path / "meta.json").read_text())["text_preprocessing"]
+    assert ("tok_bleu" in res) == tokenized
+    assert valid["bleu"] == pytest.approx(res["tok_bleu"] if tokenized else res["bleu"], abs=1e-9)

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from test_train_support import REPO, env, run_cli, tiny_overrides, tiny_root  # noqa: F401
+from test_train_support import REPO, env, run_cli, tiny_overrides
 
 from kernel_attention.report.build import build_report
 from kernel_attention.training.lock import RunFolderLock
@@ -20,7 +20,7 @@ def _measure(folder: Path, cwd: Path) -> subprocess.CompletedProcess:
                            "2"], cwd=cwd, env=env(), capture_output=True, text=True, timeout=300)  # fmt: skip
 
 
-def test_every_kernel_timed_in_one_interleaved_measurement(tmp_path: Path, tiny_root: Path) -> None:  # noqa: F811
+def test_every_kernel_timed_in_one_interleaved_measurement(tmp_path: Path, tiny_root: Path) -> None:
     for kernel, seed in (("edp", 1), ("edp", 2), ("linear", 1)):
         run_cli([*tiny_overrides(tiny_root, "mt", updates=4), f"kernel={kernel}", f"seed={seed}"], cwd=tmp_path)
     out = tmp_path / "outputs"

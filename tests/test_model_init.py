@@ -53,7 +53,7 @@ def test_gpt2_stds_and_residual_scaling() -> None:
     n_branches = 2 * LM.decoder_layers  # attention + feed-forward per layer (nanoGPT: 2 * n_layer)
     for name, p in model.named_parameters():
         if name.endswith("bias") and "norm" not in name:
-            assert float(p.abs().max()) == 0.0, name
+            assert float(p.detach().abs().max()) == 0.0, name
         if p.dim() != 2:
             continue
         w = p.detach().flatten()

@@ -29,10 +29,27 @@ def _tokens(B: int, T: int, seed: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("preset", sorted(p.stem for p in CONF.glob("*.yaml")))
 def test_presets_build(preset: str) -> None:
+    """Every preset builds, with exactly the parameters its sizes imply (counted from the architecture on paper,
+    as fairseq's transformer is: not from the module tree that num_parameters() walks)."""
     cfg = config_from_mapping(ModelConfig, yaml.safe_load((CONF / f"{preset}.yaml").read_text()), "model")
-    task = "lm" if cfg.encoder_layers == 0 else "translation"
-    model = build_model(cfg, "edp", None, task, 100, 0)
-    assert model.num_parameters() == sum(p.numel() for p in model.parameters()) > 0
+    arch = "decoder_only" if cfg.encoder_layers == 0 else "encoder_decoder"
+    V, C, F = 100, cfg.d_model, cfg.ffn_dim
+    attention = 4 * (C * C + C)  # q, k, v, out projections with biases
+    ffn = C * F + F + F * C + C
+    norm = 2 * C
+    enc_layer = attention + ffn + 2 * norm
+    dec_layer = enc_layer + (attention + norm if arch == "encoder_decoder" else 0)  # + cross-attention
+    positions = cfg.max_positions * C if cfg.positions == "learned" else 0  # sinusoidal: a buffer
+    decoder = V * C + positions + cfg.decoder_layers * dec_layer + (0 if cfg.share_decoder_input_output_embed
+                                                                   else V * C)
+    decoder += norm if cfg.normalize_before else 0  # pre-norm stacks end with a LayerNorm
+    encoder = 0
+    if arch == "encoder_decoder":
+        encoder = (0 if cfg.share_all_embeddings else V * C) + positions + cfg.encoder_layers * enc_layer
+        encoder += norm if cfg.normalize_before else 0
+    model = build_model(cfg, "edp", None, arch, V, 0)
+    assert model.architecture == arch
+    assert model.num_parameters() == encoder + decoder > 0
 
 
 def test_iwslt_preset_matches_fairseq_architecture() -> None:
@@ -112,3 +129,12 @@ def test_learned_positions_refuse_too_long_input() -> None:
     model = build_model(cfg, "edp", None, "lm", V, PAD)
     with pytest.raises(ValueError, match="max_positions"):
         model(_tokens(1, 5, 0))
+
+
+def test_build_model_keeps_its_former_call_forms() -> None:
+    """Callers of the former signature (task type names, the task_type keyword) get the same architecture."""
+    for old, arch in (("translation", "encoder_decoder"), ("lm", "decoder_only")):
+        assert build_model(TINY, "edp", None, old, V, PAD).architecture == arch
+        assert build_model(TINY, "edp", None, task_type=old, vocab_size=V, pad_id=PAD).architecture == arch
+    with pytest.raises(ConfigError, match="unknown architecture 'seq2seq'"):
+        build_model(TINY, "edp", None, "seq2seq", V, PAD)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
-from test_train_support import REPO, env, run_cli, tiny_overrides, tiny_root  # noqa: F401
+from test_train_support import REPO, env, run_cli, tiny_overrides
 
 from kernel_attention.config import RUN_CONTROL, run_control_override_keys
 from kernel_attention.training.lock import RunFolderLock
@@ -36,7 +36,7 @@ def _snapshot(folder: Path) -> dict[Path, bytes]:
 
 
 # ---- silent or wrong outcomes --------------------------------------------------------------------------------
-def test_completed_run_with_a_changed_config_is_refused_not_skipped(tmp_path: Path, tiny_root: Path) -> None:  # noqa: F811
+def test_completed_run_with_a_changed_config_is_refused_not_skipped(tmp_path: Path, tiny_root: Path) -> None:
     args = tiny_overrides(tiny_root, "mt", updates=4)
     run_cli(args, cwd=tmp_path)
     run_dir = tmp_path / RUN
@@ -60,7 +60,7 @@ def test_sweep_folder_names_leave_out_exactly_the_run_control_keys() -> None:
     assert "exclude_keys: ${ka.run_control:}" in text
 
 
-def test_sweep_relaunched_with_a_longer_budget_finds_its_runs(tmp_path: Path, tiny_root: Path) -> None:  # noqa: F811
+def test_sweep_relaunched_with_a_longer_budget_finds_its_runs(tmp_path: Path, tiny_root: Path) -> None:
     args = [a for a in tiny_overrides(tiny_root, "mt", updates=4) if not a.startswith("trainer.max_updates")]
     run_cli(["-m", "kernel=edp", *args, "trainer.max_updates=4", "sweep=s"], cwd=tmp_path)
     jobs = [p for p in (tmp_path / "outputs" / "sweeps" / "s").iterdir() if p.is_dir()]
@@ -74,7 +74,7 @@ def test_sweep_relaunched_with_a_longer_budget_finds_its_runs(tmp_path: Path, ti
     assert json.loads((jobs[0] / "metrics.json").read_text())["train"]["updates"] == 6
 
 
-def test_a_second_process_in_the_same_run_folder_stops_naming_the_holder(tmp_path: Path, tiny_root: Path) -> None:  # noqa: F811
+def test_a_second_process_in_the_same_run_folder_stops_naming_the_holder(tmp_path: Path, tiny_root: Path) -> None:
     args = [*tiny_overrides(tiny_root, "mt", updates=1000), "trainer.max_wall_time=0.01"]
     run_cli(args, cwd=tmp_path)  # an interrupted run: the next launch would resume it
     run_dir = tmp_path / RUN
@@ -89,7 +89,7 @@ def test_a_second_process_in_the_same_run_folder_stops_naming_the_holder(tmp_pat
     assert _snapshot(run_dir) == before  # neither wrote anything
 
 
-def test_a_lock_left_by_kill_9_is_not_stale(tmp_path: Path, tiny_root: Path) -> None:  # noqa: F811
+def test_a_lock_left_by_kill_9_is_not_stale(tmp_path: Path, tiny_root: Path) -> None:
     run_dir = tmp_path / RUN
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time; from kernel_attention.training.lock import RunFolderLock as L; "
@@ -103,7 +103,7 @@ def test_a_lock_left_by_kill_9_is_not_stale(tmp_path: Path, tiny_root: Path) -> 
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "completed"
 
 
-def test_relaunching_a_diverged_run_reports_it_and_exits_zero(tmp_path: Path, tiny_root: Path) -> None:  # noqa: F811
+def test_relaunching_a_diverged_run_reports_it_and_exits_zero(tmp_path: Path, tiny_root: Path) -> None:
     args = [*tiny_overrides(tiny_root, "mt", updates=30), "optim.lr=1e4", "optim.warmup_updates=0",
             "trainer.max_consecutive_skips=2", "trainer.evaluate_at_end=true"]
     run_cli(args, cwd=tmp_path)
@@ -112,7 +112,7 @@ def test_relaunching_a_diverged_run_reports_it_and_exits_zero(tmp_path: Path, ti
     assert "already diverged, skipping" in again.stdout + again.stderr and "Traceback" not in again.stderr
 
 
-def test_one_invalid_job_fails_alone_and_the_sweep_goes_on(tmp_path: Path, tiny_root: Path) -> None:  # noqa: F811
+def test_one_invalid_job_fails_alone_and_the_sweep_goes_on(tmp_path: Path, tiny_root: Path) -> None:
     args = tiny_overrides(tiny_root, "mt", updates=4)
     proc = run_cli(["-m", *args, "model.heads=3,2", "sweep=bad"], cwd=tmp_path, check=False)
     assert proc.returncode == 2
@@ -147,7 +147,7 @@ class _Listener(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_wandb_offline_sends_nothing(tmp_path: Path, tiny_root: Path) -> None:  # noqa: F811
+def test_wandb_offline_sends_nothing(tmp_path: Path, tiny_root: Path) -> None:
     pytest.importorskip("wandb")
     server = http.server.HTTPServer(("127.0.0.1", 0), _Listener)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -178,7 +178,7 @@ def test_non_finite_settings_are_config_errors(tmp_path: Path, override: str, ne
     _one_line(proc, "train", "config", needle)
 
 
-def test_block_size_beyond_learned_positions_fails_before_any_work(tmp_path: Path, tiny_root: Path) -> None:  # noqa: F811
+def test_block_size_beyond_learned_positions_fails_before_any_work(tmp_path: Path, tiny_root: Path) -> None:
     lm = [a for a in tiny_overrides(tiny_root, "lm") if not a.startswith(("task.block_size", "task.max_tokens"))]
     proc = run_cli([*lm, "model=lm_small", "model.max_positions=64", "task.block_size=128", "task.max_tokens=512",
                     f"task.data.out_root={tmp_path / 'prepared'}"], cwd=tmp_path, check=False)
@@ -187,7 +187,7 @@ def test_block_size_beyond_learned_positions_fails_before_any_work(tmp_path: Pat
     assert not (tmp_path / "prepared").exists()  # checked before data preparation
 
 
-def test_read_only_parent_folder_is_one_line(tmp_path: Path, tiny_root: Path) -> None:  # noqa: F811
+def test_read_only_parent_folder_is_one_line(tmp_path: Path, tiny_root: Path) -> None:
     if os.geteuid() == 0:
         pytest.skip("root ignores permissions")
     ro = tmp_path / "ro"
@@ -202,7 +202,7 @@ def test_read_only_parent_folder_is_one_line(tmp_path: Path, tiny_root: Path) ->
     _one_line(proc, "train", "file", "cannot access")
 
 
-def test_run_folder_on_a_read_only_file_system_is_one_line(tmp_path: Path, tiny_root: Path) -> None:  # noqa: F811
+def test_run_folder_on_a_read_only_file_system_is_one_line(tmp_path: Path, tiny_root: Path) -> None:
     """As root the permission bits do not bite; a folder that is a regular file refuses writes for everyone."""
     blocker = tmp_path / "blocker"
     blocker.write_text("not a folder")
@@ -213,7 +213,7 @@ def test_run_folder_on_a_read_only_file_system_is_one_line(tmp_path: Path, tiny_
     assert blocker.read_text() == "not a folder"
 
 
-def test_corrupt_checkpoint_message_never_suggests_unpickling(tmp_path: Path, tiny_root: Path) -> None:  # noqa: F811
+def test_corrupt_checkpoint_message_never_suggests_unpickling(tmp_path: Path, tiny_root: Path) -> None:
     import torch
 
     args = [*tiny_overrides(tiny_root, "mt", updates=1000), "trainer.max_wall_time=0.01"]
@@ -258,7 +258,7 @@ def test_unknown_task_and_bad_report_arguments(tmp_path: Path) -> None:
     _one_line(rep, "report", "config", "--bootstrap-samples: -5 is not >= 1")
 
 
-def test_evaluate_on_cuda_without_cuda_is_one_line(tmp_path: Path, tiny_root: Path) -> None:  # noqa: F811
+def test_evaluate_on_cuda_without_cuda_is_one_line(tmp_path: Path, tiny_root: Path) -> None:
     import torch
 
     if torch.cuda.is_available():
@@ -279,7 +279,7 @@ def test_traceback_switch_shows_the_full_error(tmp_path: Path) -> None:
 
 
 # ---- leftovers ---------------------------------------------------------------------------------------------------
-def test_stale_temporaries_of_a_killed_save_are_removed_on_relaunch(tmp_path: Path, tiny_root: Path) -> None:  # noqa: F811
+def test_stale_temporaries_of_a_killed_save_are_removed_on_relaunch(tmp_path: Path, tiny_root: Path) -> None:
     args = [*tiny_overrides(tiny_root, "mt", updates=1000), "trainer.max_wall_time=0.01"]
     run_cli(args, cwd=tmp_path)
     ckpt = tmp_path / RUN / "checkpoints"
@@ -299,7 +299,7 @@ def test_the_bad_input_battery_runs(tmp_path: Path) -> None:
     assert "6/6 cases" in proc.stdout
 
 
-def test_finished_runs_survive_a_new_machine_through_the_archive(tmp_path: Path, tiny_root: Path) -> None:  # noqa: F811
+def test_finished_runs_survive_a_new_machine_through_the_archive(tmp_path: Path, tiny_root: Path) -> None:
     """scripts/archive_runs.py: save a sweep's finished runs (no checkpoints), lose outputs/, restore, relaunch:
     the finished job is skipped, not retrained, and the report reads the archive itself."""
     import shutil
@@ -324,14 +324,14 @@ def test_finished_runs_survive_a_new_machine_through_the_archive(tmp_path: Path,
 
 
 # ---- found in review: each reproduces a demonstrated failure ---------------------------------------------------
-def test_any_user_error_inside_a_job_is_one_line_and_leaves_no_trace(tmp_path: Path, tiny_root: Path) -> None:  # noqa: F811
+def test_any_user_error_inside_a_job_is_one_line_and_leaves_no_trace(tmp_path: Path, tiny_root: Path) -> None:
     proc = run_cli([*tiny_overrides(tiny_root, "mt", updates=4), "optim.lr=${nosuch}"], cwd=tmp_path, check=False)
     assert proc.returncode == 2
     _one_line(proc, "train", "config", "nosuch")  # no 'Error executing job' line from Hydra
     assert not (tmp_path / "outputs").exists()
 
 
-def test_an_unresolvable_sweep_job_fails_alone(tmp_path: Path, tiny_root: Path) -> None:  # noqa: F811
+def test_an_unresolvable_sweep_job_fails_alone(tmp_path: Path, tiny_root: Path) -> None:
     proc = run_cli(["-m", *tiny_overrides(tiny_root, "mt", updates=4), "model.dropout=${nosuch},0.1", "sweep=u"],
                    cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "1 job(s) of the sweep failed" in proc.stderr
@@ -340,7 +340,7 @@ def test_an_unresolvable_sweep_job_fails_alone(tmp_path: Path, tiny_root: Path) 
     assert statuses == ["completed", "failed"]
 
 
-def test_a_sweep_over_a_run_control_setting_is_refused(tmp_path: Path, tiny_root: Path) -> None:  # noqa: F811
+def test_a_sweep_over_a_run_control_setting_is_refused(tmp_path: Path, tiny_root: Path) -> None:
     proc = run_cli(["-m", *tiny_overrides(tiny_root, "mt", updates=4), "trainer.max_updates=2,4"], cwd=tmp_path,
                    check=False)
     assert proc.returncode == 2
@@ -348,7 +348,7 @@ def test_a_sweep_over_a_run_control_setting_is_refused(tmp_path: Path, tiny_root
     assert not (tmp_path / "outputs").exists()
 
 
-def test_a_relaunch_that_fails_to_start_keeps_the_finished_record(tmp_path: Path, tiny_root: Path) -> None:  # noqa: F811
+def test_a_relaunch_that_fails_to_start_keeps_the_finished_record(tmp_path: Path, tiny_root: Path) -> None:
     args = tiny_overrides(tiny_root, "mt", updates=4)
     run_cli(args, cwd=tmp_path)
     before = _snapshot(tmp_path / RUN)
@@ -359,7 +359,7 @@ def test_a_relaunch_that_fails_to_start_keeps_the_finished_record(tmp_path: Path
     assert _snapshot(tmp_path / RUN) == before  # still completed, config.yaml unchanged
 
 
-def test_a_failed_sweep_job_never_writes_into_a_locked_folder(tmp_path: Path, tiny_root: Path) -> None:  # noqa: F811
+def test_a_failed_sweep_job_never_writes_into_a_locked_folder(tmp_path: Path, tiny_root: Path) -> None:
     args = ["-m", *tiny_overrides(tiny_root, "mt", updates=4), "model.heads=3,2", "sweep=busy"]
     sweep = tmp_path / "outputs" / "sweeps" / "busy"
     heads3 = next(sweep.glob("*model.heads=3*"), None)
@@ -372,7 +372,7 @@ def test_a_failed_sweep_job_never_writes_into_a_locked_folder(tmp_path: Path, ti
     assert proc.returncode == 2 and not (heads3 / "metrics.json").exists()
 
 
-def test_a_sequence_beyond_learned_positions_in_translation_is_one_line(tmp_path: Path, tiny_root: Path) -> None:  # noqa: F811
+def test_a_sequence_beyond_learned_positions_in_translation_is_one_line(tmp_path: Path, tiny_root: Path) -> None:
     """max_len filters training only and beam search can run longer, so this cannot all be checked at startup: the
     model's own check says it in one line and the run is marked failed."""
     proc = run_cli([*tiny_overrides(tiny_root, "mt", updates=4), "model.positions=learned", "model.max_positions=16",

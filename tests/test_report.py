@@ -396,3 +396,29 @@ def test_task_without_completed_runs_does_not_crash(tmp_path: Path) -> None:
     assert rows["edp"].running == 1 and rows["linear"].failed == 1 and rows["edp"].summary.n == 0
     assert rep.verdicts["wikitext2"].outcome == "no comparison"
     assert (rep.out_dir / "wikitext2_metric_vs_featdim.png").is_file()
+
+
+def test_other_test_sets_are_their_own_columns(tmp_path: Path) -> None:
+    """evaluate.py's test_sets.<name> sections: one column per name, mean ± std over the seeds scored on it."""
+    scored = {"edp": {1: 30.0, 2: 32.0, 3: 34.0}, "rbf": {1: 20.0, 2: 21.0}}  # rbf seed 3 not scored on it
+    for label in ("edp", "rbf"):
+        for seed in SEEDS:
+            d = metrics("wikitext2", label, seed, 25.0 + seed)
+            if seed in scored[label]:
+                d["test_sets"] = {"mine": {"checkpoint": "best", "n": 9, "ppl": scored[label][seed], "loss": 3.0}}
+            write(tmp_path, d)
+    report = build_report(tmp_path, out_dir=tmp_path / "out", plots=False)
+    table = report.tables["wikitext2"]
+    assert table.test_sets == ["mine"]
+    rows = {r.kernel: r for r in table.rows}
+    assert rows["edp"].test_sets["mine"].mean == pytest.approx(32.0)
+    assert rows["edp"].test_sets["mine"].std == pytest.approx(np.std([30.0, 32.0, 34.0], ddof=1))
+    assert rows["rbf"].test_sets["mine"].n == 2 and rows["rbf"].test_sets["mine"].mean == pytest.approx(20.5)
+    md = (tmp_path / "out" / "wikitext2.md").read_text()
+    assert "mine ppl ↓ (n)" in md and "32.00 ± 2.00 (3)" in md
+    csv_rows = {r["kernel"]: r for r in csv.DictReader((tmp_path / "out" / "wikitext2.csv").open())}
+    assert float(csv_rows["rbf"]["test_set.mine.mean"]) == pytest.approx(20.5)
+    assert csv_rows["rbf"]["test_set.mine.n"] == "2"
+    tex = (tmp_path / "out" / "wikitext2.tex").read_text()
+    assert r"\begin{tabular}{llrccrrrrrrr}" in tex and r"& mine ppl $\downarrow$ &" in tex
+    assert r"32.00 $\pm$ 2.00" in tex

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train_support import REPO, env, run_cli, tiny_overrides, tiny_root  # noqa: F401
+from test_train_support import REPO, env, run_cli, tiny_overrides
 
 from kernel_attention.kernels import KERNELS
 
@@ -31,7 +31,7 @@ def _final(run_dir: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_kill_9_and_resume_is_bit_identical(tmp_path: Path, tiny_root: Path) -> None:  # noqa: F811
+def test_kill_9_and_resume_is_bit_identical(tmp_path: Path, tiny_root: Path) -> None:
     ref_dir, crash_dir = tmp_path / "ref", tmp_path / "crash"
     run_cli(_args(tiny_root, ref_dir), cwd=tmp_path)
 
@@ -79,7 +79,7 @@ def _kernel_args(root: Path, run_dir: Path, kernel: str) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kernel", KERNELS.names())
-def test_kill_9_and_resume_is_bit_identical_for_every_kernel(tmp_path: Path, tiny_root: Path, kernel: str) -> None:  # noqa: F811
+def test_kill_9_and_resume_is_bit_identical_for_every_kernel(tmp_path: Path, tiny_root: Path, kernel: str) -> None:
     ref_dir, crash_dir = tmp_path / "ref", tmp_path / "crash"
     # The uninterrupted run and the one to kill run side by side (two cores, one thread each).
     ref = subprocess.Popen([sys.executable, str(REPO / "train.py"), *_kernel_args(tiny_root, ref_dir, kernel)],

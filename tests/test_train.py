@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train_support import REPO, compose, env, run_cli, tiny_overrides, tiny_root  # noqa: F401
+from test_train_support import REPO, compose, env, run_cli, tiny_overrides
 
 from kernel_attention.config import TrainConfig
 from kernel_attention.kernels import KERNELS
@@ -28,7 +28,7 @@ def kernel_presets() -> list[str]:
 
 @pytest.mark.parametrize("kind", ["mt", "lm"])
 @pytest.mark.parametrize("kernel", kernel_presets())
-def test_every_kernel_learns_on_both_tasks(tmp_path: Path, tiny_root: Path, kernel: str, kind: str) -> None:  # noqa: F811
+def test_every_kernel_learns_on_both_tasks(tmp_path: Path, tiny_root: Path, kernel: str, kind: str) -> None:
     """A few updates of a tiny model: validation loss (on sentences it trains on) goes down."""
     torch.set_num_threads(1)
     overrides = [*tiny_overrides(tiny_root, kind, updates=16), f"kernel={kernel}",
@@ -47,7 +47,7 @@ def test_every_kernel_learns_on_both_tasks(tmp_path: Path, tiny_root: Path, kern
     assert metrics["kernel"]["properties"]["feature_dim"] == "inf" or metrics["kernel"]["properties"]["feature_dim"] > 0
 
 
-def test_early_stopping_with_patience(tmp_path: Path, tiny_root: Path) -> None:  # noqa: F811
+def test_early_stopping_with_patience(tmp_path: Path, tiny_root: Path) -> None:
     overrides = [*tiny_overrides(tiny_root, "lm", updates=100), "optim.lr=1e-12", "optim.warmup_updates=0",
                  "model.dropout=0.0", "trainer.validate_interval_updates=2", "trainer.patience=2"]
     assert train(TrainConfig.from_dict(compose(overrides)), tmp_path / "run") == "completed"
@@ -55,7 +55,7 @@ def test_early_stopping_with_patience(tmp_path: Path, tiny_root: Path) -> None: 
     assert m["train"]["updates"] == 6 and "early stop" in m["status_reason"], m["valid"]["history"]
 
 
-def test_cli_run_folder_wandb_offline_and_skip_on_relaunch(tmp_path: Path, tiny_root: Path) -> None:  # noqa: F811
+def test_cli_run_folder_wandb_offline_and_skip_on_relaunch(tmp_path: Path, tiny_root: Path) -> None:
     secret = "0123456789abcdef0123456789abcdef01234567"
     args = [*tiny_overrides(tiny_root, "mt", updates=10), "logger=wandb"]
     e = env() | {"WANDB_API_KEY": secret}
@@ -90,7 +90,7 @@ def test_cli_run_folder_wandb_offline_and_skip_on_relaunch(tmp_path: Path, tiny_
     assert json.loads((run / "metrics.json").read_text())["train"] == json.loads(before)["train"]
 
 
-def test_divergence_is_reported_and_exits_zero(tmp_path: Path, tiny_root: Path) -> None:  # noqa: F811
+def test_divergence_is_reported_and_exits_zero(tmp_path: Path, tiny_root: Path) -> None:
     args = [*tiny_overrides(tiny_root, "mt", updates=30), "optim.lr=1e4", "optim.warmup_updates=0",
             "trainer.max_consecutive_skips=2"]
     proc = run_cli(args, cwd=tmp_path)
@@ -101,7 +101,7 @@ def test_divergence_is_reported_and_exits_zero(tmp_path: Path, tiny_root: Path) 
     assert m["train"]["skipped_updates"] == 2
 
 
-def test_multirun_two_jobs_then_relaunch_skips(tmp_path: Path, tiny_root: Path) -> None:  # noqa: F811
+def test_multirun_two_jobs_then_relaunch_skips(tmp_path: Path, tiny_root: Path) -> None:
     args = ["-m", *tiny_overrides(tiny_root, "mt", updates=4), "seed=1,2", "sweep=pair"]
     run_cli(args, cwd=tmp_path)
     sweep = tmp_path / "outputs" / "sweeps" / "pair"
@@ -115,7 +115,7 @@ def test_multirun_two_jobs_then_relaunch_skips(tmp_path: Path, tiny_root: Path) 
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="POSIX signals")
-def test_sigterm_checkpoints_and_relaunch_resumes(tmp_path: Path, tiny_root: Path) -> None:  # noqa: F811
+def test_sigterm_checkpoints_and_relaunch_resumes(tmp_path: Path, tiny_root: Path) -> None:
     args = [*tiny_overrides(tiny_root, "mt", updates=100000), "trainer.save_interval_updates=2",
             "trainer.validate_interval_updates=1000"]
     proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path, env=env(),
@@ -139,5 +139,26 @@ def test_sigterm_checkpoints_and_relaunch_resumes(tmp_path: Path, tiny_root: Pat
     assert m["status"] == "completed" and m["train"]["updates"] == stopped_at + 3
 
 
-def test_stop_flag_is_not_leaked_to_environment() -> None:
-    assert "KA_FULL_ERROR" not in os.environ
+def test_shared_error_path_leaks_no_traceback_switch_into_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """train.py's shared error path (``cli.run_hydra``), called in-process twice: Hydra must raise into the one-line
+    path while it runs, tracebacks (KA_FULL_ERROR) come only from the user's own HYDRA_FULL_ERROR=1, and neither
+    variable survives the call (before, the second call took the first call's HYDRA_FULL_ERROR=1 for the user's
+    and printed tracebacks from then on)."""
+    from kernel_attention import cli
+    from kernel_attention.registry import ConfigError
+
+    monkeypatch.delenv("KA_FULL_ERROR", raising=False)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    seen: list[tuple[str | None, str | None]] = []
+
+    def bad() -> None:
+        seen.append((os.environ.get("HYDRA_FULL_ERROR"), os.environ.get("KA_FULL_ERROR")))
+        raise ConfigError("x=1 is wrong; set x=2")
+
+    assert cli.run_hydra("train", bad) == 2 and cli.run_hydra("train", bad) == 2  # one line each, no traceback
+    assert seen == [("1", None), ("1", None)]
+    assert "HYDRA_FULL_ERROR" not in os.environ and "KA_FULL_ERROR" not in os.environ
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")  # the user's own switch: the traceback
+    with pytest.raises(ConfigError):
+        cli.run_hydra("train", bad)
+    assert seen[-1] == ("1", "1") and os.environ["HYDRA_FULL_ERROR"] == "1" and "KA_FULL_ERROR" not in os.environ

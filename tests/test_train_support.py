@@ -15,8 +15,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 
@@ -41,11 +39,6 @@ def write_tiny_corpora(root: Path, n_train: int = 240) -> Path:
     lines = [" ".join(EN[(i + j) % len(EN)] for j in range(5)) for i in range(400)]
     (root / "lm.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return root
-
-
-@pytest.fixture(scope="session")
-def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_corpora(tmp_path_factory.mktemp("tiny_corpora"))
 
 
 def task_overrides(root: Path, kind: str) -> list[str]:

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from kernel_attention.config import OptimConfig
+from kernel_attention.store import checkpoint
+from kernel_attention.store.metrics import read_metrics, update_metrics
 from kernel_attention.tasks import label_smoothed_nll
-from kernel_attention.training import checkpoint
-from kernel_attention.training.metrics import read_metrics, update_metrics
 from kernel_attention.training.optim import LRSchedule
 
 
@@ -94,15 +94,37 @@ def test_averaging_takes_random_draws_from_the_newest_checkpoint(tmp_path: Path)
     torch.testing.assert_close(avg[w], (states[0][w] + states[1][w]) / 2)  # ordinary weights are averaged
 
 
-@pytest.mark.parametrize(("env", "expected"), [("1", True), ("0", False)])
-def test_keep_freed_memory_sets_glibc_malloc_options_unless_disabled(env: str, expected: bool) -> None:
+@pytest.mark.parametrize(("env", "expected"), [("1", True), ("0", False), (None, True)])
+def test_speed_switches_are_typed_settings_defaulted_by_the_environment(env: str | None, expected: bool) -> None:
+    """KA_KEEP_FREED_MEMORY / KA_COMPILE_TILES only set the defaults of trainer.keep_freed_memory /
+    trainer.compile_tiles (recorded in metrics.json's config); keep_freed_memory() itself always applies."""
+    import os
     import platform
     import subprocess
     import sys
 
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        pytest.skip("glibc only")
-    code = "from kernel_attention.training.cpu_malloc import keep_freed_memory as k; print(k(), k())"
+    code = ("from kernel_attention.config import TrainerConfig\n"
+            "from kernel_attention.attention import tile_scores\n"
+            "from kernel_attention.training.cpu_malloc import keep_freed_memory as k\n"
+            "t = TrainerConfig()\n"
+            "print(t.keep_freed_memory, t.compile_tiles, tile_scores.compile_tiles_enabled(), k(), k())")
+    base = {k: v for k, v in os.environ.items() if k not in ("KA_KEEP_FREED_MEMORY", "KA_COMPILE_TILES")}
+    extra = {} if env is None else {"KA_KEEP_FREED_MEMORY": env, "KA_COMPILE_TILES": env}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**__import__("os").environ, "KA_KEEP_FREED_MEMORY": env}).stdout.split()
-    assert out == [str(expected)] * 2
+                         env={**base, **extra}).stdout.split()
+    glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert out[:3] == [str(expected)] * 3
+    if glibc:
+        assert out[3:] == ["True", "True"]
+
+
+def test_set_compile_tiles_switches_the_compiled_tiles_off_and_on() -> None:
+    from kernel_attention.attention import tile_scores
+
+    before = tile_scores.compile_tiles_enabled()
+    try:
+        tile_scores.set_compile_tiles(False)
+        tiles = tile_scores.CompiledTiles(f=lambda x: x)
+        assert not tiles.available() and tiles("f", 1) is None and tiles.compiled is None
+    finally:
+        tile_scores.set_compile_tiles(before)

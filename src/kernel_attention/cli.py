@@ -116,11 +116,20 @@ def run(prog: str, fn: Callable[[], Any]) -> int:
 def run_hydra(prog: str, main: Callable[[], Any]) -> int:
     """``run`` for a ``@hydra.main`` function: Hydra is made to raise its errors (``HYDRA_FULL_ERROR=1``) instead
     of printing them with its help text, so they take the same one-line path. A user's own ``HYDRA_FULL_ERROR=1``
-    asks for the traceback, as ``KA_FULL_ERROR=1`` does."""
-    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+    asks for the traceback, as ``KA_FULL_ERROR=1`` does. Both variables are restored on return, so a second
+    command in the same process (tests, notebooks) does not take our own HYDRA_FULL_ERROR for the user's."""
+    saved = {k: os.environ.get(k) for k in ("HYDRA_FULL_ERROR", TRACEBACK_ENV)}
+    if saved["HYDRA_FULL_ERROR"] == "1":
         os.environ[TRACEBACK_ENV] = "1"
-    os.environ["HYDRA_FULL_ERROR"] = "1"
-    return run(prog, main)
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # inherited by launcher workers started inside ``main``
+    try:
+        return run(prog, main)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def job_errors(prog: str) -> Callable[[F], F]:

@@ -13,18 +13,25 @@ model code), with one-line ``ConfigError``s that name the fix.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from kernel_attention.registry import ConfigError, config_from_mapping
 
-TASK_TYPES = ("translation", "lm")
 SCHEDULES = ("inverse_sqrt", "cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")
-BEST_METRICS = ("loss", "bleu")
 LOGGERS = ("wandb", "none")
 WANDB_MODES = ("offline", "online", "disabled")
+
+
+def _env_flag(name: str, default: bool = True) -> bool:
+    """A boolean setting's default from the environment: ``0``/``false``/``no``/``off`` = False."""
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return default
+    return value.strip().lower() not in ("0", "false", "no", "off")
 
 
 def _choice(what: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -88,7 +95,7 @@ class TrainerConfig:
     valid_max_batches: int = 0  # 0 = the whole valid split
     # Keep the last N interval checkpoints and average them into avg.pt at the end (fairseq IWSLT recipe).
     average_last: int = 5
-    best_metric: str = "loss"  # loss | bleu (translation only): which validation number picks best.pt
+    best_metric: str = "loss"  # which validation number picks best.pt: loss, or a task's own (bleu)
     patience: int = 0  # stop after this many validations without improvement; 0 = off
     # Divergence: skip an update whose loss or gradient is not finite; this many in a row = diverged.
     max_consecutive_skips: int = 5
@@ -99,6 +106,14 @@ class TrainerConfig:
     evaluate_at_end: bool = True
     # Which checkpoint the end-of-training evaluation scores: best | avg (fairseq's IWSLT recipe) | last.
     eval_checkpoint: str = "best"
+    # CPU speed settings (same numbers up to rounding); the environment variables set their defaults.
+    # torch.compile the tile bodies of the tiled attention path (attention/tile_scores.py, fused_tiles.py).
+    compile_tiles: bool = field(default_factory=lambda: _env_flag("KA_COMPILE_TILES"))
+    # Keep freed malloc memory mapped during CPU training (training/cpu_malloc.py).
+    keep_freed_memory: bool = field(default_factory=lambda: _env_flag("KA_KEEP_FREED_MEMORY"))
+    # The code version recorded in metrics.json when the checkout has no git history (a tarball, a CI copy);
+    # null = ask git. Default: $KA_GIT_COMMIT.
+    git_commit: str | None = field(default_factory=lambda: os.environ.get("KA_GIT_COMMIT") or None)
 
     def validate(self) -> None:
         _choice("trainer.eval_checkpoint", self.eval_checkpoint, ("best", "avg", "last"))
@@ -107,7 +122,6 @@ class TrainerConfig:
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"trainer.device={self.device!r} is not allowed; use auto, cpu, cuda or cuda:N")
         _choice("trainer.precision", self.precision, PRECISIONS)
-        _choice("trainer.best_metric", self.best_metric, BEST_METRICS)
         for key in ("max_updates", "max_epochs", "max_wall_time", "save_interval_updates", "valid_max_batches",
                     "average_last", "patience"):
             _positive(f"trainer.{key}", getattr(self, key), zero_ok=True)
@@ -134,35 +148,6 @@ class LoggerConfig:
         _choice("logger.mode", self.mode, WANDB_MODES)
 
 
-@dataclass
-class TaskConfig:
-    """The task: which data and how to batch it. ``data`` belongs to the data stage (DataConfig)."""
-
-    name: str = ""
-    type: str = "translation"
-    data: Any = None  # kernel_attention.data.config.DataConfig
-    max_tokens: int = 4096  # tokens per batch per process (source or target, whichever is longer)
-    max_tokens_valid: int = 0  # 0 = max_tokens
-    update_freq: int = 1  # gradient accumulation: batches per update
-    block_size: int = 256  # LM: tokens per training sequence
-    # Translation validation: greedy BLEU on the first N valid sentences (0 = off), max length a*src + b.
-    valid_bleu_samples: int = 200
-    max_len_a: float = 1.2
-    max_len_b: int = 10
-
-    def validate(self) -> None:
-        if not self.name:
-            raise ConfigError("task.name is empty; pick a task with task=<name> (see conf/task/)")
-        _choice("task.type", self.type, TASK_TYPES)
-        for key in ("max_tokens", "update_freq", "block_size"):
-            _positive(f"task.{key}", getattr(self, key))
-        for key in ("max_tokens_valid", "valid_bleu_samples"):
-            _positive(f"task.{key}", getattr(self, key), zero_ok=True)
-        if self.type == "lm" and self.block_size > self.max_tokens:
-            raise ConfigError(f"task.block_size={self.block_size} exceeds task.max_tokens={self.max_tokens}; "
-                              "a batch must hold at least one sequence")
-
-
 def _data_config(task_raw: Mapping[str, Any]) -> Any:
     """The data stage's typed config (``DataConfig.from_task`` validates it)."""
     from kernel_attention.data.config import DataConfig
@@ -187,7 +172,7 @@ class TrainConfig:
 
     kernel_name: str
     kernel: Any  # the kernel's typed Config (KernelConfig subclass)
-    task: TaskConfig
+    task: Any  # the task type's typed Config (kernel_attention.tasks.TaskConfig subclass)
     model: Any  # kernel_attention.models.ModelConfig
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -215,10 +200,11 @@ class TrainConfig:
         kernel_name = kernel_raw["name"]
         kernel_cfg = KERNELS.make_config(kernel_name, kernel_raw)
 
+        from kernel_attention.tasks import make_task_config, task_class
+
         task_raw = dict(raw.get("task") or {})
         data = _data_config(task_raw)
-        task = _section(TaskConfig, {k: v for k, v in task_raw.items() if k != "data"}, "task")
-        task.data = data
+        task = make_task_config(task_raw, data)
 
         model = build_model_config(raw.get("model") or {})
         optim = _section(OptimConfig, raw.get("optim") or {}, "optim")
@@ -228,19 +214,9 @@ class TrainConfig:
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise ConfigError(f"seed={seed!r} must be an integer")
         sweep = str(raw.get("sweep", "default"))
-        if task.type == "translation" and min(model.encoder_layers, model.decoder_layers) < 1:
-            raise ConfigError(f"task {task.name!r} is translation but model.preset={model.preset!r} has no encoder; "
-                              "pick an encoder-decoder preset, e.g. model=transformer_small")
-        if model.positions == "learned":  # a learned table cannot grow: check the longest sequence now
-            longest = task.block_size if task.type == "lm" else (data.max_len or 0) + 1  # + EOS / BOS
-            what = "task.block_size" if task.type == "lm" else "task.data.max_len + 1"
-            if longest > model.max_positions:
-                raise ConfigError(f"{what}={longest} exceeds model.max_positions={model.max_positions} (learned "
-                                  f"positions); set model.max_positions>={longest} or a shorter {what.split(' ')[0]}")
+        task_class(task).check(task, model, trainer)  # task × model × trainer: the task knows its rules
         if optim.schedule == "cosine" and not trainer.max_updates:
             raise ConfigError("optim.schedule=cosine needs trainer.max_updates > 0 (the schedule's length)")
-        if trainer.best_metric == "bleu" and (task.type != "translation" or not task.valid_bleu_samples):
-            raise ConfigError("trainer.best_metric=bleu needs a translation task with task.valid_bleu_samples > 0")
         return cls(kernel_name=kernel_name, kernel=kernel_cfg, task=task, model=model, optim=optim,
                    trainer=trainer, logger=logger, seed=seed, sweep=sweep)
 
@@ -288,10 +264,14 @@ def _asdict(obj: Any) -> Any:
 RUN_CONTROL = (
     "trainer.resume", "trainer.max_updates", "trainer.max_epochs", "trainer.max_wall_time",
     "trainer.log_interval", "trainer.progress_bar", "trainer.evaluate_at_end", "trainer.eval_checkpoint",
-    "trainer.compile",
+    "trainer.compile", "trainer.compile_tiles", "trainer.keep_freed_memory", "trainer.git_commit",
     "trainer.device", "trainer.patience", "trainer.valid_max_batches", "logger", "sweep",
     "task.data.root", "task.data.out_root", "task.data.obtain", "task.data.spm_threads",
 )
+
+
+# The options of the single TaskConfig that preceded the task registry (see ``config_differences``).
+LEGACY_TASK_OPTIONS = frozenset({"task.block_size", "task.valid_bleu_samples", "task.max_len_a", "task.max_len_b"})
 
 
 def run_control_override_keys() -> list[str]:
@@ -322,8 +302,13 @@ def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[s
     def ignored(key: str) -> bool:
         return any(key == rc or key.startswith(rc + ".") for rc in RUN_CONTROL)
 
+    def dropped(key: str) -> bool:
+        # Before tasks had their own configs every task carried every task option: a checkpoint written then
+        # holds the other type's options (an LM run's task.max_len_a), which never acted on that run.
+        return key in LEGACY_TASK_OPTIONS and key in a and key not in b
+
     # An unset option (None) and a missing one are the same setting (metrics.json drops None values).
-    return sorted(k for k in set(a) | set(b) if not ignored(k) and a.get(k) != b.get(k))
+    return sorted(k for k in set(a) | set(b) if not ignored(k) and not dropped(k) and a.get(k) != b.get(k))
 
 
 @dataclass

@@ -17,7 +17,8 @@ They are used only when
   and the parameter values),
 - the tensors are float32/float64 on CPU (CUDA users have FlexAttention; an uncompiled GPU path stays eager),
 - the tile has at least ``COMPILE_MIN_TILE`` entries (tests and short sequences: compiling is not worth it),
-- ``KA_COMPILE_TILES`` is not ``0``, and compilation has not failed before in this process (then: eager;
+- compiling is allowed (``trainer.compile_tiles``, default from ``KA_COMPILE_TILES``), and compilation has not
+  failed before in this process (then: eager;
   ``tile_scores.CompiledTiles``, the same rule as the L1 tiles).
 
 Outputs agree with the eager path to rounding (tests/test_attention_tile_scores.py checks float64 to 1e-9).

@@ -20,7 +20,9 @@ them at ~1.7 G element/s on one CPU core. On CPU float tiles of at least ``COMPI
 two small functions compiled with ``torch.compile`` (Inductor fuses the broadcast and the reduction, so the
 (…, tq, tk, D) difference tensor is never materialised) which run 4–5× faster (measured: 8 × 256 × 256 × 64
 tile, 2.0 vs 9.8 ms forward, 3.3 vs ~21 ms backward). If compilation is unavailable or fails, or
-``KA_COMPILE_TILES=0``, the cdist route is used. Both give the same values (cdist's sign(0) = 0 convention
+compiling is switched off (``trainer.compile_tiles=false``; ``KA_COMPILE_TILES=0`` sets that default and the
+default of any process that never calls ``set_compile_tiles``), the cdist route is used. Both give the same
+values (cdist's sign(0) = 0 convention
 is kept).
 """
 
@@ -155,10 +157,24 @@ def _sign_sum_eager(g: Tensor, x: Tensor, yT: Tensor) -> Tensor:
     return torch.where(xx > yy, gg, torch.where(xx < yy, -gg, 0.0)).sum(-1)  # (…, tq, D)
 
 
+# Whether the tile bodies may be compiled: ``trainer.compile_tiles`` (recorded in metrics.json), which the training
+# loop applies with ``set_compile_tiles``; the environment variable only sets the default.
+_SWITCH = {"enabled": os.environ.get("KA_COMPILE_TILES", "1").strip().lower() not in ("0", "false", "no", "off")}
+
+
+def set_compile_tiles(enabled: bool) -> None:
+    """Allow (or forbid) the compiled tile bodies in this process (L1 tiles and ``fused_tiles``)."""
+    _SWITCH["enabled"] = bool(enabled)
+
+
+def compile_tiles_enabled() -> bool:
+    return _SWITCH["enabled"]
+
+
 class CompiledTiles:
     """Tile functions compiled with ``torch.compile`` on first use, with one fallback rule for all of them:
-    ``__call__`` returns None — run the eager code instead — when ``KA_COMPILE_TILES=0``, when compiling is
-    unavailable, or after any call has failed once in this process (a compiler error; the eager code gives
+    ``__call__`` returns None — run the eager code instead — when switched off (``set_compile_tiles``), when
+    compiling is unavailable, or after any call has failed once in this process (a compiler error; the eager code gives
     the same numbers)."""
 
     def __init__(self, **fns: Callable[..., object]) -> None:
@@ -167,7 +183,7 @@ class CompiledTiles:
         self.broken = False
 
     def available(self) -> bool:
-        if self.broken or os.environ.get("KA_COMPILE_TILES", "1") == "0":
+        if self.broken or not _SWITCH["enabled"]:
             return False
         if self.compiled is None:
             try:

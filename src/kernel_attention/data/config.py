@@ -15,7 +15,10 @@ from typing import Any
 
 from kernel_attention.registry import ConfigError, config_from_mapping
 
-TASK_TYPES = ("translation", "lm")
+# The two layouts the data stage prepares: parallel sentence pairs (``translation``) or one token stream (``lm``).
+# A task preset's ``type`` names its layout (recorded in meta.json and the fingerprint); which task type reads a
+# layout is the task registry's business (``kernel_attention.tasks``), which sits above this stage.
+LAYOUTS = ("translation", "lm")
 SOURCES = ("local", "hf", "file")
 SPM_MODEL_TYPES = ("bpe", "unigram", "char")
 
@@ -106,8 +109,8 @@ class DataConfig:
 
         if not self.task or "/" in self.task or self.task.startswith("."):
             bad(f"task name {self.task!r} must be a plain folder name")
-        if self.type not in TASK_TYPES:
-            bad(f"type={self.type!r}; choose one of: {', '.join(TASK_TYPES)}")
+        if self.type not in LAYOUTS:
+            bad(f"type={self.type!r}; choose one of: {', '.join(LAYOUTS)}")
         if self.source not in SOURCES:
             bad(f"source={self.source!r}; choose one of: {', '.join(SOURCES)}")
         if not self.path:

@@ -205,19 +205,24 @@ def _write_lm(out: Path, cfg: DataConfig, corpus: Corpus, tok: Tokenizer, dtype:
     splits: dict[str, Any] = {}
     for split in corpus.splits:
         text = corpus.text[split]
-        if char:
-            # "\n" is a token of the char model: encoding lines with their newline and concatenating is exactly
-            # encode(text), in bounded memory. A split cut mid-line keeps its partial first/last line.
-            pieces = text.split("\n")
-            lines = [p + "\n" for p in pieces[:-1]] + ([pieces[-1]] if pieces[-1] else [])
-            flat, lens = encode_lines(tok, lines, cfg.spm_threads)
-        else:
-            # Subword LM: every line is followed by EOS (fairseq's language-modeling convention).
-            flat, lens = _append_eos(*encode_lines(tok, split_lines(text), cfg.spm_threads))
+        flat, lens = encode_lm_text(tok, text, char, cfg.spm_threads)
         write_array(out / split, flat, lens, dtype)
         splits[split] = {"n": len(lens), "tokens": int(lens.sum()), "chars": len(text),
                          "unk": int((flat == UNK).sum())}
     return splits
+
+
+def encode_lm_text(tok: Tokenizer, text: str, char_level: bool, threads: int = -1) -> tuple[np.ndarray, np.ndarray]:
+    """An LM text → (flat token ids, tokens per line), exactly as prepare writes a split (and as evaluation
+    encodes a test file): char models keep "\n" as a token, subword models end every line with EOS."""
+    if char_level:
+        # "\n" is a token of the char model: encoding lines with their newline and concatenating is exactly
+        # encode(text), in bounded memory. A split cut mid-line keeps its partial first/last line.
+        pieces = text.split("\n")
+        lines = [p + "\n" for p in pieces[:-1]] + ([pieces[-1]] if pieces[-1] else [])
+        return encode_lines(tok, lines, threads)
+    # Subword LM: every line is followed by EOS (fairseq's language-modeling convention).
+    return _append_eos(*encode_lines(tok, split_lines(text), threads))
 
 
 def _append_eos(flat: np.ndarray, lens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

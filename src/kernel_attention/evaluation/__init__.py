@@ -1,7 +1,10 @@
-"""Evaluation: decoding the test set and scoring it (BLEU, perplexity).
+"""Evaluation: beam search (``generate``), BLEU/chrF (``bleu``), perplexity (``lm``), their options (``options``)
+and ``evaluate_run`` (``evaluate``), which scores a run folder through its task.
 
-``evaluate_run`` is loaded on first access: it pulls in data and training code, which importing
-``kernel_attention.evaluation.bleu`` (the report) must not, and training imports this package too.
+Two layers share this package: the helpers sit below the tasks (the tasks score with them), ``evaluate_run``
+above them (it builds the run's task). ``evaluate_run`` and ``EvaluationError`` are therefore loaded on first
+access, so that importing a helper — the tasks, or the report reading ``bleu`` — never imports the tasks back.
+Nothing here imports ``training``: the run-folder files both use live in ``kernel_attention.store``.
 """
 
 from typing import Any

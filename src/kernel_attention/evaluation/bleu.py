@@ -144,6 +144,14 @@ def paired_bootstrap(
     }
 
 
+def is_tokenized_lowercased(text_preprocessing: str) -> bool:
+    """Whether a corpus's ``text_preprocessing`` note (meta.json, from ``task.data.text_preprocessing``) says it
+    came Moses-tokenized *and* lowercased (fairseq's IWSLT'14: ``moses-tokenized+lowercased``): then hypotheses
+    and references are that text and tokenized BLEU is meaningful. Validation and test both ask this one rule."""
+    prep = text_preprocessing.lower()
+    return "tokenized" in prep and "lowercased" in prep
+
+
 def corpus_scores(hyps: Sequence[str], refs: Sequence[str], tokenized_lowercased: bool) -> dict[str, Any]:
     """Corpus scores for metrics.json: ``bleu`` + ``bleu_signature`` (sacreBLEU, 13a tokenizer), ``chrf``, and,
     when ``tokenized_lowercased`` (the corpus came Moses-tokenized and lowercased, e.g. fairseq's IWSLT'14 split),

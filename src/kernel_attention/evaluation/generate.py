@@ -21,8 +21,10 @@ the whole prefix each step: the reference the cache is tested against, and the b
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -215,3 +217,40 @@ def greedy_search(
         raw = float(logprob[i])
         hyps.append(Hypothesis(tokens[i, 1:n].tolist(), raw / float(n) ** cfg.lenpen, raw))
     return hyps
+
+
+def make_batches(lengths: Sequence[int], max_tokens: int, max_sentences: int) -> list[list[int]]:
+    """Indices grouped longest first so padding is small; a batch holds at most ``max_sentences`` sentences and
+    ``max_tokens`` padded source tokens (a longer sentence gets a batch of its own)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    for i in order:
+        # Longest first: the batch's first sentence sets its padded width.
+        fits = bool(batches) and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= max_tokens
+        if fits and len(batches[-1]) < max_sentences:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+def translate(
+    model: EncoderDecoderTransformer,
+    sources: Sequence[np.ndarray],
+    ids: SpecialIds,
+    search: SearchConfig,
+    max_tokens: int = 4096,
+    max_sentences: int = 128,
+    device: torch.device | str = "cpu",
+) -> list[list[int]]:
+    """Best hypothesis (token ids, no BOS/EOS) for every source sentence (ids without EOS), in input order.
+    Sources get EOS appended and right padding, as in training's ``collate_translation``."""
+    lengths = [len(s) + 1 for s in sources]
+    out: list[list[int]] = [[] for _ in sources]
+    for batch in make_batches(lengths, max_tokens, max_sentences):
+        src = torch.full((len(batch), max(lengths[i] for i in batch)), ids.pad, dtype=torch.long)  # (b, S)
+        for row, i in enumerate(batch):
+            src[row, : lengths[i]] = torch.as_tensor(np.append(sources[i], ids.eos), dtype=torch.long)
+        for i, hyps in zip(batch, beam_search(model, src.to(device), ids, search)):
+            out[i] = hyps[0].tokens if hyps else []
+    return out

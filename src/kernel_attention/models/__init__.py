@@ -3,6 +3,7 @@
 from kernel_attention.models.attention import MultiheadKernelAttention
 from kernel_attention.models.config import ModelConfig
 from kernel_attention.models.transformer import (
+    ARCHITECTURES,
     DecoderCache,
     DecoderOnlyLM,
     EncoderDecoderTransformer,
@@ -11,6 +12,7 @@ from kernel_attention.models.transformer import (
 )
 
 __all__ = [
+    "ARCHITECTURES",
     "DecoderCache",
     "DecoderOnlyLM",
     "EncoderDecoderTransformer",

@@ -191,7 +191,7 @@ class Decoder(nn.Module):
 class EncoderDecoderTransformer(nn.Module):
     """Translation model: encoder self-attention, causal decoder self-attention, cross-attention."""
 
-    task_type = "translation"
+    architecture = "encoder_decoder"
 
     def __init__(self, cfg: ModelConfig, kernel_name: str, kernel_cfg: KernelSpec, vocab_size: int, pad_id: int):
         super().__init__()
@@ -235,7 +235,7 @@ class EncoderDecoderTransformer(nn.Module):
 class DecoderOnlyLM(nn.Module):
     """Language model: a stack of causal kernel-attention blocks."""
 
-    task_type = "lm"
+    architecture = "decoder_only"
 
     def __init__(self, cfg: ModelConfig, kernel_name: str, kernel_cfg: KernelSpec, vocab_size: int, pad_id: int):
         super().__init__()
@@ -254,22 +254,32 @@ class DecoderOnlyLM(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
+ARCHITECTURES: dict[str, type[EncoderDecoderTransformer] | type[DecoderOnlyLM]] = {
+    "encoder_decoder": EncoderDecoderTransformer,
+    "decoder_only": DecoderOnlyLM,
+}
+# The names build_model took before tasks declared their architecture (scripts and notebooks still pass them).
+_LEGACY_NAMES = {"translation": "encoder_decoder", "lm": "decoder_only"}
+
+
 def build_model(
-    cfg: ModelConfig, kernel_name: str, kernel_cfg: KernelSpec, task_type: str, vocab_size: int, pad_id: int
+    cfg: ModelConfig, kernel_name: str, kernel_cfg: KernelSpec, architecture: str | None = None,
+    vocab_size: int | None = None, pad_id: int | None = None, *, task_type: str | None = None,
 ) -> EncoderDecoderTransformer | DecoderOnlyLM:
-    """The task's architecture at ``cfg``'s size with kernel ``kernel_name`` in every attention role."""
+    """``architecture`` (``encoder_decoder`` | ``decoder_only``: what a task declares) at ``cfg``'s size with
+    kernel ``kernel_name`` in every attention role. ``task_type=`` is the keyword of the former signature."""
+    architecture = architecture if architecture is not None else task_type
+    if architecture is None or vocab_size is None or pad_id is None:
+        raise TypeError("build_model needs architecture, vocab_size and pad_id")
     cfg.validate()
-    if task_type == "translation":
-        if cfg.encoder_layers < 1 or cfg.decoder_layers < 1:
-            raise ConfigError("translation needs model.encoder_layers >= 1 and model.decoder_layers >= 1")
-        model: EncoderDecoderTransformer | DecoderOnlyLM = EncoderDecoderTransformer(
-            cfg, kernel_name, kernel_cfg, vocab_size, pad_id)
-    elif task_type == "lm":
-        if cfg.decoder_layers < 1:
-            raise ConfigError("language modelling needs model.decoder_layers >= 1")
-        model = DecoderOnlyLM(cfg, kernel_name, kernel_cfg, vocab_size, pad_id)
-    else:
-        raise ConfigError(f"unknown task type {task_type!r}; choose translation or lm")
+    arch = _LEGACY_NAMES.get(architecture, architecture)
+    if arch not in ARCHITECTURES:
+        raise ConfigError(f"unknown architecture {architecture!r}; choose one of: {', '.join(ARCHITECTURES)}")
+    if arch == "encoder_decoder" and min(cfg.encoder_layers, cfg.decoder_layers) < 1:
+        raise ConfigError("an encoder-decoder model needs model.encoder_layers >= 1 and model.decoder_layers >= 1")
+    if cfg.decoder_layers < 1:
+        raise ConfigError("a decoder-only model needs model.decoder_layers >= 1")
+    model = ARCHITECTURES[arch](cfg, kernel_name, kernel_cfg, vocab_size, pad_id)
     if cfg.init == "gpt2":
         gpt2_init_(model)
     return model

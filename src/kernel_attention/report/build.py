@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import math
-import os
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-
-from matplotlib.figure import Figure
 
 from kernel_attention.evaluation.bleu import DEFAULT_SEED
 from kernel_attention.report.collect import Collection, collect_runs, group_runs
@@ -19,6 +16,7 @@ from kernel_attention.report.stats import ALPHA
 from kernel_attention.report.tables import BASELINE, TaskTable, build_task_table, p_eq, to_csv, to_latex, to_markdown
 from kernel_attention.report.throughput import metric_vs_throughput, speeds, throughput_markdown
 from kernel_attention.report.verdict import TaskVerdict, overall, task_verdict
+from kernel_attention.store import atomic
 
 
 class ReportError(ValueError):
@@ -43,19 +41,6 @@ class Report:
         return "\n".join(parts) + "\n"
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write then ``os.replace``, so a reader never sees a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def atomic_save_figure(fig: Figure, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fig.savefig(tmp, format="png", dpi=120)
-    os.replace(tmp, path)
 
 
 def safe_name(task: str) -> str:
@@ -180,7 +165,7 @@ def build_report(
     files: list[Path] = []
 
     def write(name: str, text: str) -> None:
-        atomic_write_bytes(out / name, text.encode("utf-8"))
+        atomic.write_text(out / name, text)
         files.append(out / name)
 
     for task, t in tables.items():
@@ -193,7 +178,9 @@ def build_report(
             figures += [("families", family_curves)] if families(t) else []
             figures += [("metric_vs_speed", metric_vs_throughput)] if speeds(t)[0] else []
             for suffix, make in figures:
-                atomic_save_figure(make(t), out / f"{name}_{suffix}.png")
+                fig = make(t)
+                atomic.write_with(out / f"{name}_{suffix}.png", lambda f, fig=fig: fig.savefig(f, format="png",
+                                                                                               dpi=120))
                 files.append(out / f"{name}_{suffix}.png")
 
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

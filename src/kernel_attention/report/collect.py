@@ -16,8 +16,6 @@ from typing import Any
 
 METRICS_FILE = "metrics.json"
 STATUSES = ("running", "completed", "diverged", "failed")
-# Defaults when a metrics file lacks task.metric / higher_is_better (contract §3: bleu ↑ for translation, ppl ↓ for LM).
-TASK_DEFAULTS = {"translation": ("bleu", True), "lm": ("ppl", False)}
 # Kernel options that choose how a kernel is computed, not which kernel it is; they do not split groups.
 NON_IDENTITY_PARAMS = frozenset({"label", "path"})
 
@@ -48,6 +46,7 @@ class Run:
     bleu_stats: list[list[float]] | None
     history: list[dict[str, Any]]
     updated_at: str
+    test_sets: dict[str, float] = field(default_factory=dict)  # test_sets.<name>.<metric> (evaluate.py test_sets)
 
     @property
     def identity_params(self) -> dict[str, Any]:
@@ -91,6 +90,10 @@ class KernelGroup:
     @property
     def values(self) -> list[float]:
         return [r.value for r in self.completed if r.value is not None]
+
+    def test_set_values(self, name: str) -> list[float]:
+        """The completed seeds' values on test set ``name`` (evaluate.py test_sets), where scored."""
+        return [r.test_sets[name] for r in self.completed if name in r.test_sets]
 
     def first(self, attr: str) -> Any:
         """The first non-None ``attr`` among the runs (kernel properties are the same for every seed)."""
@@ -151,12 +154,17 @@ def parse_metrics(data: Any, path: Path) -> Run:
     kernel = _get(data, "kernel", "name")
     if not isinstance(task, str) or not isinstance(kernel, str):
         raise ValueError("task.name and kernel.name are required")
-    task_type = _get(data, "task", "type") or "translation"
-    default_metric, default_hib = TASK_DEFAULTS.get(task_type, ("bleu", True))
-    metric = _get(data, "task", "metric") or default_metric
+    task_type = str(_get(data, "task", "type") or "")
+    # The record says which number the task reports and its direction (the task wrote them: the report knows no
+    # task types). Only a job that failed before it started may lack them; it has no number to compare.
+    metric = _get(data, "task", "metric")
     hib = _get(data, "task", "higher_is_better")
-    value, source = _number(_get(data, "test", metric)), "test"
-    if value is None:
+    if not isinstance(metric, str) or not isinstance(hib, bool):
+        if status != "failed":
+            raise ValueError("task.metric and task.higher_is_better are required")
+        metric, hib = "", False
+    value, source = (_number(_get(data, "test", metric)) if metric else None), "test"
+    if value is None and metric:
         value, source = _number(_get(data, "valid", f"best_{metric}")), "valid"
     stats = _get(data, "test", "bleu_stats")
     history = _get(data, "valid", "history")
@@ -169,7 +177,7 @@ def parse_metrics(data: Any, path: Path) -> Run:
         task=task,
         task_type=task_type,
         metric=metric,
-        higher_is_better=bool(default_hib if hib is None else hib),
+        higher_is_better=hib,
         kernel_name=kernel,
         kernel_label=str(_get(data, "kernel", "label") or kernel),
         kernel_params=dict(_get(data, "kernel", "params") or {}),
@@ -185,7 +193,20 @@ def parse_metrics(data: Any, path: Path) -> Run:
         bleu_stats=stats if isinstance(stats, list) and stats else None,
         history=[h for h in history if isinstance(h, dict)] if isinstance(history, list) else [],
         updated_at=str(_get(data, "run", "updated_at") or ""),
+        test_sets=_test_set_values(data.get("test_sets"), metric),
     )
+
+
+def _test_set_values(sections: Any, metric: str) -> dict[str, float]:
+    """``{name: value}`` of the run's other test sets (``test_sets.<name>.<metric>``), skipping unusable ones."""
+    if not isinstance(sections, dict) or not metric:
+        return {}
+    out = {}
+    for name, section in sections.items():
+        value = _number(section.get(metric)) if isinstance(section, dict) else None
+        if value is not None:
+            out[str(name)] = value
+    return out
 
 
 def collect_runs(root: Path | str) -> Collection:

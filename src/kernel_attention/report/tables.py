@@ -43,6 +43,7 @@ class Row:
     is_baseline: bool = False
     welch_p: float | None = None
     bootstrap: Bootstrap | None = None
+    test_sets: dict[str, Summary] = field(default_factory=dict)  # the other test sets' mean ± std, by name
 
     @property
     def flags(self) -> str:
@@ -61,6 +62,7 @@ class TaskTable:
     head_dims: list[int]
     baseline: Row | None
     rows: list[Row] = field(default_factory=list)
+    test_sets: list[str] = field(default_factory=list)  # names of the other test sets any run was scored on
 
     @property
     def unit(self) -> str:
@@ -91,7 +93,9 @@ def build_task_table(
 ) -> TaskTable:
     """Rows for one task's kernel groups, with Welch (every task) and paired bootstrap (when BLEU stats exist)
     against the baseline kernel (the group named ``baseline`` with the most completed seeds)."""
-    first = groups[0].runs[0]
+    # A job that failed before starting may not know its metric: take the task's facts from a run that does.
+    first = next((r for g in groups for r in g.runs if r.metric), groups[0].runs[0])
+    test_sets = sorted({name for g in groups for r in g.completed for name in r.test_sets})
     rows = []
     for g in groups:
         done = g.completed
@@ -107,6 +111,7 @@ def build_task_table(
                 model_params=next((r.model_params for r in done if r.model_params is not None), None),
                 tokens_per_s=_mean_or_none([r.tokens_per_s for r in done]),
                 value_source=_sources(g),
+                test_sets={name: summarize(g.test_set_values(name)) for name in test_sets},
             )
         )
     # Order: infinite, finite, unknown; the baseline first in its group, then by feature dimension and name.
@@ -128,7 +133,8 @@ def build_task_table(
             r.welch_p = welch_p(base.source.values, r.source.values)
             r.bootstrap = bootstrap_vs(base.source, r.source, n_samples=n_samples, seed=seed)
     head_dims = sorted({r.head_dim for g in groups for r in g.runs if isinstance(r.head_dim, int)})
-    return TaskTable(first.task, first.task_type, first.metric, first.higher_is_better, head_dims, base, rows)
+    return TaskTable(first.task, first.task_type, first.metric, first.higher_is_better, head_dims, base, rows,
+                     test_sets)
 
 
 # ---- formatting ---------------------------------------------------------------------------------------------
@@ -180,6 +186,7 @@ def to_markdown(t: TaskTable) -> str:
     base = t.baseline.kernel if t.baseline else BASELINE
     head = [
         "group", "kernel", _featdim_header(t), "sym.", "PD", f"{t.metric_header} (mean ± std)", "n",
+        *[f"{name} {t.metric_header} (n)" for name in t.test_sets],
         "diverged", "failed", "running", "params", "tok/s", f"Welch p vs {base}", f"bootstrap p vs {base}",
     ]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -191,6 +198,7 @@ def to_markdown(t: TaskTable) -> str:
         cells = [
             r.group, kernel, fmt_featdim(g.feature_dim), _flag_bool(g.first("symmetric")),
             _flag_bool(g.first("positive_definite")), f"{value} {r.flags}".rstrip(), str(r.summary.n),
+            *[f"{fmt_value(r.test_sets[name])} ({r.test_sets[name].n})" for name in t.test_sets],
             str(r.diverged), str(r.failed), str(r.running), fmt_params(r.model_params),
             "?" if r.tokens_per_s is None else f"{r.tokens_per_s:,.0f}",
             "—" if r.is_baseline else fmt_p(r.welch_p), boot,
@@ -200,6 +208,8 @@ def to_markdown(t: TaskTable) -> str:
         f"mean ± sample std (ddof=1) over the n completed seeds; `{WELCH_FLAG}` Welch t-test p<{ALPHA} vs {base}; "
         f"`{BOOT_FLAG}` paired bootstrap p<{ALPHA} vs {base} (test sentences pooled over seed pairs); "
         f"`{VALID_FLAG}` value from validation (no test result yet)."
+        + (" Other test sets (`evaluate.py test_sets.<name>...`): mean ± std over the seeds scored on them (n)."
+           if t.test_sets else "")
     )
     return "\n".join(lines) + "\n\n" + legend + "\n"
 
@@ -207,7 +217,8 @@ def to_markdown(t: TaskTable) -> str:
 def to_csv(t: TaskTable) -> str:
     """Full-precision CSV (empty cell = not available; feature_dim is an integer or ``inf``)."""
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    extra = [f"test_set.{name}.{k}" for name in t.test_sets for k in ("mean", "std", "n")]
+    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS + extra, lineterminator="\n")
     w.writeheader()
     for r in t.rows:
         g, s = r.source, r.summary
@@ -229,6 +240,8 @@ def to_csv(t: TaskTable) -> str:
                 "bootstrap_p": num(r.bootstrap.p_value) if r.bootstrap else "",
                 "bootstrap_pairs": r.bootstrap.pairs if r.bootstrap else "", "value_source": r.value_source,
                 "baseline": r.is_baseline,
+                **{f"test_set.{name}.{k}": (num(getattr(r.test_sets[name], k)) if k != "n" else r.test_sets[name].n)
+                   for name in t.test_sets for k in ("mean", "std", "n")},
             }
         )  # fmt: skip
     return buf.getvalue()
@@ -244,10 +257,11 @@ def to_latex(t: TaskTable) -> str:
     """A booktabs ``tabular`` (needs ``\\usepackage{booktabs}``), a rule between the two groups."""
     base = t.baseline.kernel if t.baseline else BASELINE
     metric = _tex(t.metric_header).replace("↑", r"$\uparrow$").replace("↓", r"$\downarrow$")
+    extra = "".join(f" & {_tex(name)} {metric}" for name in t.test_sets)
     lines = [
-        r"\begin{tabular}{llrccrrrrrr}",
+        r"\begin{tabular}{llrccrr" + "r" * len(t.test_sets) + "rrrr}",
         r"\toprule",
-        f"Group & Kernel & {_tex(_featdim_header(t))} & Sym. & PD & {metric} & $n$ & Div. & Failed & "
+        f"Group & Kernel & {_tex(_featdim_header(t))} & Sym. & PD & {metric} & $n${extra} & Div. & Failed & "
         f"Params & tok/s \\\\",
         r"\midrule",
     ]
@@ -262,6 +276,7 @@ def to_latex(t: TaskTable) -> str:
         cells = [
             r.group, kernel, fmt_featdim(g.feature_dim, latex=True), _flag_bool(g.first("symmetric")),
             _flag_bool(g.first("positive_definite")), fmt_value(r.summary, r"$\pm$") + flags, str(r.summary.n),
+            *[fmt_value(r.test_sets[name], r"$\pm$") for name in t.test_sets],
             str(r.diverged), str(r.failed), fmt_params(r.model_params),
             "?" if r.tokens_per_s is None else f"{r.tokens_per_s:.0f}",
         ]  # fmt: skip

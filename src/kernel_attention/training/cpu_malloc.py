@@ -11,14 +11,14 @@ allocator is plain malloc; Intel's PyTorch launcher preloads jemalloc/tcmalloc f
 reused) and a 1 GiB ``M_TRIM_THRESHOLD`` (freed heap stays mapped). Measured on the transformer_small step
 (1 core, same process layout, two alternating pairs of runs): 95.1 → 98.6 and 92.2 → 100.8 model GFLOP/s.
 The cost: the process keeps its peak heap mapped, as CUDA's caching allocator keeps its peak on the GPU.
-Set ``KA_KEEP_FREED_MEMORY=0`` to leave malloc alone. No-op where glibc's ``mallopt`` is missing (macOS, musl).
+``trainer.keep_freed_memory=false`` (recorded in metrics.json; ``KA_KEEP_FREED_MEMORY=0`` sets that default)
+leaves malloc alone: the training loop then never calls this. No-op where glibc's ``mallopt`` is missing (macOS, musl).
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import os
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc <malloc.h>
 _done = False
@@ -29,8 +29,6 @@ def keep_freed_memory() -> bool:
     global _done
     if _done:
         return True
-    if os.environ.get("KA_KEEP_FREED_MEMORY", "1") == "0":
-        return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         mallopt = libc.mallopt

@@ -23,16 +23,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from kernel_attention.attention.tile_scores import set_compile_tiles
 from kernel_attention.config import TrainConfig
 from kernel_attention.data import PreparedData, ensure_prepared
 from kernel_attention.kernels import draw_state_keys, kernel_properties
+from kernel_attention.store import checkpoint
+from kernel_attention.store.metrics import environment, now_iso, read_metrics, update_metrics
 from kernel_attention.tasks import Task, build_task
 from kernel_attention.tasks.base import safe_exp, to_device
-from kernel_attention.training import checkpoint, distributed
+from kernel_attention.training import distributed
 from kernel_attention.training.cpu_malloc import keep_freed_memory
 from kernel_attention.training.lock import RunFolderLock
 from kernel_attention.training.loggers import ExperimentLogger, build_logger
-from kernel_attention.training.metrics import environment, now_iso, read_metrics, update_metrics
 from kernel_attention.training.optim import LRSchedule, build_optimizer
 from kernel_attention.training.progress import Progress, Throughput, format_train_line, format_valid_line
 from kernel_attention.training.run_dir import plan_run, record_config, remove_stale_temporaries
@@ -125,8 +127,9 @@ def train(cfg: TrainConfig, run_dir: Path | str, run: RunInfo | None = None,
         device = torch.device(f"cuda:{info.local_rank}")
         torch.cuda.set_device(device)
     _quiet_non_main_ranks(info)
-    if device.type == "cpu":
+    if device.type == "cpu" and cfg.trainer.keep_freed_memory:
         keep_freed_memory()  # no page faults on every step's fresh activations (training/cpu_malloc.py)
+    set_compile_tiles(cfg.trainer.compile_tiles)  # the tiled attention path's compiled bodies (recorded in config)
 
     lock = RunFolderLock(run_dir) if info.is_main else None  # one writer per folder (training/lock.py)
     if lock is not None:
@@ -245,20 +248,18 @@ class Trainer:
                  cfg.task.name, cfg.task.type, self.data.vocab.size, self.device,
                  f" x{self.info.world_size}" if self.info.enabled else "")
         kparams = {k: v for k, v in asdict(cfg.kernel).items() if k != "label"}
-        translation = cfg.task.type == "translation"
         started = read_metrics(self.run_dir).get("run", {}).get("started_at") or now_iso()
         update_metrics(self.run_dir, {
             "status": "running", "status_reason": None,
             "run": {"name": self.run.name, "group": self.run.group, "dir": str(self.run_dir), "started_at": started},
             "kernel": {"name": cfg.kernel_name, "label": cfg.kernel_label, "params": kparams,
                        "properties": self.kernel_props},
-            "task": {"name": cfg.task.name, "type": cfg.task.type, "metric": "bleu" if translation else "ppl",
-                     "higher_is_better": translation},
+            "task": {"name": cfg.task.name, **type(self.task).record()},
             "seed": cfg.seed,
             "config": cfg.to_dict(),
             "model": {"preset": cfg.model.preset, "params": self.n_params, "d_model": cfg.model.d_model,
                       "heads": cfg.model.heads, "head_dim": cfg.model.d_model // cfg.model.heads},
-            "env": environment(self.device),
+            "env": environment(self.device, cfg.trainer.git_commit),
         })
         self._write_progress()
         self.tracker = build_logger(
@@ -349,7 +350,7 @@ class Trainer:
         distributed.barrier(self.info)
         self.model.train()
         key = cfg.trainer.best_metric
-        better = (not st.best or (entry[key] > st.best[key] if key == "bleu" else entry[key] < st.best[key]))
+        better = not st.best or self.task.is_better(key, entry[key], st.best[key])
         st.history.append(entry)
         st.last_valid_update = st.update
         if better:

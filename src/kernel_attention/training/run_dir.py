@@ -20,8 +20,8 @@ from typing import Any
 
 from kernel_attention.config import TrainConfig, config_differences
 from kernel_attention.registry import ConfigError
-from kernel_attention.training import atomic, checkpoint
-from kernel_attention.training.metrics import read_metrics
+from kernel_attention.store import atomic, checkpoint
+from kernel_attention.store.metrics import read_metrics
 
 
 @dataclass
