@@ -24,8 +24,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from kernel_attention import cli
-from kernel_attention.evaluation import evaluate_run
-from kernel_attention.evaluation.evaluate import load_config
+from kernel_attention.evaluation.evaluate import evaluate_run, load_config
 from kernel_attention.registry import ConfigError, config_from_mapping
 from kernel_attention.tasks import task_class
 from kernel_attention.training.lock import RunFolderLock

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from kernel_attention.evaluation import evaluate_run
+from kernel_attention.evaluation.evaluate import evaluate_run
 
 REPO = Path(__file__).resolve().parents[1]
 

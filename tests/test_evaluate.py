@@ -18,9 +18,8 @@ import yaml
 
 from kernel_attention.config import TrainConfig
 from kernel_attention.data import DataError, PreparedData
-from kernel_attention.evaluation import EvaluationError, evaluate_run
 from kernel_attention.evaluation.bleu import bleu_from_stats
-from kernel_attention.evaluation.evaluate import make_batches, translate
+from kernel_attention.evaluation.evaluate import EvaluationError, evaluate_run, make_batches, translate
 from kernel_attention.evaluation.generate import SearchConfig, SpecialIds, beam_search
 from kernel_attention.evaluation.lm import lm_perplexity
 from kernel_attention.models import build_model

@@ -33,7 +33,7 @@ def error_kind(exc: BaseException) -> str | None:
     from omegaconf.errors import OmegaConfBaseException
 
     from kernel_attention.data import DataError
-    from kernel_attention.evaluation import EvaluationError
+    from kernel_attention.evaluation.errors import EvaluationError
     from kernel_attention.registry import ConfigError
     from kernel_attention.report import ReportError
     from kernel_attention.training.lock import RunFolderBusyError

@@ -21,6 +21,7 @@ import yaml
 
 from kernel_attention.config import TrainConfig
 from kernel_attention.data import DataError, PreparedData, ensure_prepared
+from kernel_attention.evaluation.errors import EvaluationError
 from kernel_attention.evaluation.generate import make_batches, translate
 from kernel_attention.evaluation.options import EvalOptions, TestSet
 from kernel_attention.registry import ConfigError, config_from_mapping
@@ -32,10 +33,6 @@ __all__ = ["CHECKPOINTS", "EvaluationError", "checkpoint_state", "evaluate_run",
            "make_batches", "translate"]
 
 CHECKPOINTS = ("best", "avg", "last")
-
-
-class EvaluationError(ValueError):
-    """The run folder or the options cannot be evaluated. The message is one line and names the fix."""
 
 
 def load_config(run_dir: Path) -> TrainConfig:

@@ -184,7 +184,7 @@ def _maybe_evaluate(cfg: TrainConfig, run_dir: Path, only_if_missing: bool = Fal
     """Score ``trainer.eval_checkpoint`` on the test split (``evaluate_run``) when trainer.evaluate_at_end."""
     if not cfg.trainer.evaluate_at_end or (only_if_missing and "test" in read_metrics(run_dir)):
         return
-    from kernel_attention.evaluation import evaluate_run
+    from kernel_attention.evaluation.evaluate import evaluate_run
 
     log.info("evaluating %s (checkpoint %s)", run_dir, cfg.trainer.eval_checkpoint)
     evaluate_run(run_dir, checkpoint=cfg.trainer.eval_checkpoint)
