@@ -33,6 +33,7 @@ def error_kind(exc: BaseException) -> str | None:
     from omegaconf.errors import OmegaConfBaseException
 
     from kernel_attention.data import DataError
+    from kernel_attention.diagnostics.errors import DiagnosticsError
     from kernel_attention.evaluation import EvaluationError
     from kernel_attention.registry import ConfigError
     from kernel_attention.report import ReportError
@@ -40,7 +41,7 @@ def error_kind(exc: BaseException) -> str | None:
 
     if isinstance(exc, DataError):
         return "data"
-    if isinstance(exc, (EvaluationError, RunFolderBusyError, ReportError)):
+    if isinstance(exc, (EvaluationError, DiagnosticsError, RunFolderBusyError, ReportError)):
         return "run"
     if isinstance(exc, (ConfigError, OmegaConfBaseException)):
         return "config"
