@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from kernel_cases import CASE_IDS, CASES, D, H, make_case, reference_attention, reference_kernel
-from test_train_support import REPO, env, run_cli, tiny_overrides
+from test_train_support import REPO, env, run_cli, tiny_overrides, tiny_root  # noqa: F401
 
 from kernel_attention.diagnostics import measure, spectra
 from kernel_attention.diagnostics.run import DiagnoseConfig, diagnose_run, measure_model
@@ -106,6 +106,8 @@ def test_symmetric_kernel_on_shared_q_equals_k(case: str) -> None:
     m = measure.head_matrices(kern, q, q, causal=False, pos=POS)
     vals = measure.head_metrics(m, square=True, feature_dim=kern.feature_dim(), rtol=1e-6, sv_points=4)
     assert vals["asymmetry"].max().item() < 1e-10
+    if kern.has_log_score:
+        assert vals["asymmetry_logK"].max().item() < 1e-10
     if kern.positive_definite:
         assert vals["negative_mass"].max().item() < 1e-10
 
@@ -160,6 +162,9 @@ def test_edp_far_beyond_float_range_stays_finite_and_exact() -> None:
     np.testing.assert_allclose(m.A.numpy(), soft / soft.sum(-1, keepdims=True), rtol=1e-12, atol=1e-300)
     vals = measure.head_metrics(m, square=True, feature_dim=math.inf, rtol=1e-6, sv_points=3)
     assert all(torch.isfinite(v).all() for key, v in vals.items() if not key.startswith("sv_decay"))
+    Lc = L - L.mean(axis=(-2, -1), keepdims=True)
+    want = np.linalg.norm(Lc - np.swapaxes(Lc, -1, -2), axis=(-2, -1)) / np.linalg.norm(Lc, axis=(-2, -1))
+    np.testing.assert_allclose(vals["asymmetry_logK"].numpy(), want, rtol=1e-12)
 
 
 # ---- through a model: every kernel, batch-order independence -----------------------------------------------
@@ -214,7 +219,7 @@ def _diagnose(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def trained(tiny_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:  # noqa: F811
     cwd = tmp_path_factory.mktemp("diag_runs")
     runs = {}
     for kind, kernel in (("mt", "edp"), ("mt", "linear"), ("lm", "edp")):
@@ -242,7 +247,8 @@ def test_tiny_run_end_to_end_writes_diagnostics_and_the_report_shows_it(trained:
     assert not list(sweep.rglob(".diagnostics.json.*.tmp"))
     rep = build_report(sweep, plots=True)
     md = (rep.out_dir / "REPORT.md").read_text()
-    assert "Kernel diagnostics" in md and "effective rank" in md
+    assert "## tiny_mt: kernel diagnostics" in md and "## tiny_lm: kernel diagnostics" in md
+    assert "Spearman" in md or "Too few runs (2)" in md  # the sentence relating effective rank to the score
     csv = next(p for p in rep.files if p.name.endswith("_diagnostics_layers.csv")).read_text().splitlines()
     assert csv[0].startswith("kernel,seed,role,layer,head") and len(csv) > 1
     assert any(p.name.endswith("_sv_decay.png") for p in rep.files)
@@ -278,3 +284,47 @@ def test_diagnose_run_is_deterministic(trained: dict[str, Path]) -> None:
     assert a["sample"]["ids"] == b["sample"]["ids"]
     for key, va in a["summary"]["all"].items():
         assert va == pytest.approx(b["summary"]["all"][key], abs=2e-6), key
+
+
+# ---- the report's section from hand-made files ---------------------------------------------------------------
+def _fake_run(root: Path, kernel: str, seed: int, bleu: float, erank: float, asym: float, neg: float) -> None:
+    run = root / f"{kernel}_{seed}"
+    run.mkdir(parents=True)
+    metrics = {"schema": 1, "status": "completed", "run": {"updated_at": "2026-01-01T00:00:00+00:00"},
+               "kernel": {"name": kernel, "label": kernel, "properties": {"feature_dim": "inf"}},
+               "task": {"name": "toy", "type": "translation", "metric": "bleu", "higher_is_better": True},
+               "seed": seed, "test": {"bleu": bleu}}
+    head = {"role": "enc_self", "layer": 0, "head": 0, "n": 4, "asymmetry": asym, "negative_mass": neg,
+            "erank_A": erank}
+    diag = {"schema": 1, "summary": {"enc_self": dict(head), "all": {"asymmetry": asym, "negative_mass": neg,
+                                                                      "erank_A": erank}},
+            "per_head": [head], "qk_forms": [], "sv_decay": {"enc_self": {"A": [1.0, 0.5, None], "K": [1.0, 0.1, None],
+                                                                          "count": [1, 1, 0]}}}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    (run / "diagnostics.json").write_text(json.dumps(diag))
+
+
+def _spearman_by_hand(x: list[float], y: list[float]) -> float:
+    rx, ry = np.argsort(np.argsort(x)).astype(float), np.argsort(np.argsort(y)).astype(float)  # no ties here
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    return float((rx * ry).sum() / math.sqrt((rx**2).sum() * (ry**2).sum()))
+
+
+def test_report_section_sentence_and_tables_follow_the_numbers(tmp_path: Path) -> None:
+    from kernel_attention.report import build_report
+
+    rows = [("edp", 1, 30.0, 9.0, 0.8, 0.30), ("edp", 2, 31.0, 9.5, 0.9, 0.40), ("linear", 1, 20.0, 4.0, 0.1, 0.0),
+            ("linear", 2, 21.0, 3.0, 0.2, 0.0), ("rbf", 1, 25.0, 6.0, 0.3, 0.1)]
+    for r in rows:
+        _fake_run(tmp_path / "sweep", *r)
+    (tmp_path / "sweep" / "edp_2" / "diagnostics.json").write_text("{not json")  # hostile: skipped, not fatal
+    rep = build_report(tmp_path / "sweep", plots=False)
+    md = (rep.out_dir / "toy_diagnostics.md").read_text()
+    kept = [r for r in rows if (r[0], r[1]) != ("edp", 2)]
+    rho = _spearman_by_hand([r[3] for r in kept], [r[2] for r in kept])
+    assert f"Spearman ρ(effective rank of A, bleu) = {rho:+.2f}" in md
+    assert "edp's learned token kernel is **measurably asymmetric and indefinite** in 1 seed(s)" in md
+    summary_row = next(ln for ln in md.splitlines() if ln.startswith("| linear"))
+    assert summary_row.startswith("| linear | 2 | 20.500 ± 0.707 | 0.150 ± 0.071 |")  # mean ± sample std, 2 seeds
+    csv = (rep.out_dir / "toy_diagnostics_layers.csv").read_text().splitlines()
+    assert len(csv) == 1 + len(kept)

@@ -12,6 +12,9 @@ For a head with queries q (n_q, D) and keys k (n_k, D) of the sequence's real to
   attention; for signed kernels with ``normalization=abs`` too; with ``normalization=sum`` it differs from the
   model's weights by a per-row factor (the sign and size of Σ K_ij), which leaves the rank and |A|'s entropy
   meaningful. Entropy is that of the row |A_i·| (a distribution in every case).
+- **log K** (kernels with ``log_score`` only): ``asymmetry_logK`` is the asymmetry of the centred log-kernel
+  L − mean(L) (for edp the logits Q Kᵀ/√d themselves). ‖K − Kᵀ‖/‖K‖ of an exponential kernel is dominated by its
+  few largest entries; the logits weigh every pair alike, and their asymmetry is what W_Q ≠ W_K causes directly.
 
 Numerics. Kernels with ``log_score`` (edp, rbf, exp_l1, ..., FAVOR+) are evaluated in log space in float64 and
 exponentiated after subtracting the largest log κ of the head's matrix: K is then κ times one positive constant
@@ -37,11 +40,13 @@ from kernel_attention.kernels.base import Kernel, Positions
 
 @dataclass
 class HeadMatrices:
-    """K (H, n_q, n_k) rescaled per head, A (H, n_q, n_k) row-normalised over visible keys, visible (n_q, n_k)."""
+    """K (H, n_q, n_k) rescaled per head, A (H, n_q, n_k) row-normalised over visible keys, visible (n_q, n_k);
+    L = log κ (H, n_q, n_k) for kernels with ``log_score``, else None."""
 
     K: Tensor
     A: Tensor
     visible: Tensor
+    L: Tensor | None = None
 
 
 def head_matrices(kernel: Kernel, q: Tensor, k: Tensor, *, causal: bool, pos: Positions) -> HeadMatrices:
@@ -65,7 +70,7 @@ def head_matrices(kernel: Kernel, q: Tensor, k: Tensor, *, causal: bool, pos: Po
             A = K.masked_fill(~visible, 0.0)  # (H, n_q, n_k)
         den = A.abs().sum(-1, keepdim=True)  # (H, n_q, 1)
         A = A / torch.where(den > 0, den, 1.0)  # (H, n_q, n_k); an all-zero row stays zero
-    return HeadMatrices(K=K, A=A, visible=visible)
+    return HeadMatrices(K=K, A=A, visible=visible, L=L if kernel.has_log_score else None)
 
 
 def head_metrics(m: HeadMatrices, *, square: bool, feature_dim: float, rtol: float,
@@ -80,6 +85,11 @@ def head_metrics(m: HeadMatrices, *, square: bool, feature_dim: float, rtol: flo
         out["asymmetry"] = spectra.asymmetry(m.K)  # (H,)
         out["negative_mass"] = spectra.negative_mass(eig)  # (H,)
         out["eig_ratio"] = spectra.eig_ratio(eig)  # (H,)
+        if m.L is not None:
+            # The logits' own asymmetry (edp: of Q Kᵀ/√d), with the mean removed: a constant is what the rescaling
+            # of K adds to log κ, and it is symmetric. exp() lets the largest entries dominate ‖K − Kᵀ‖; not here.
+            Lc = m.L - m.L.mean(dim=(-2, -1), keepdim=True)  # (H, n, n)
+            out["asymmetry_logK"] = spectra.asymmetry(Lc)  # (H,)
     sv_k = spectra.singular_values(m.K)  # (H, r)
     sv_a = spectra.singular_values(m.A)  # (H, r)
     n = min(n_q, n_k)
