@@ -39,6 +39,7 @@ class EvaluateOptions:
     lm_stride: int | None = None
     data_dir: str | None = None
     device: str = "auto"
+    diagnose: bool = False  # then run the kernel diagnostics (scripts/diagnose.py defaults) → diagnostics.json
 
 
 def _summary(res: dict) -> str:
@@ -61,11 +62,18 @@ def main(cfg: DictConfig) -> None:
     opts = config_from_mapping(EvaluateOptions, OmegaConf.to_container(cfg, resolve=True), "evaluate")  # type: ignore[arg-type]
     if not Path(opts.run_dir).is_dir():
         raise ConfigError(f"run_dir={opts.run_dir} is not a folder; pass a run folder that train.py wrote")
+    args = {k: v for k, v in dataclasses.asdict(opts).items() if k != "diagnose"}
     if not (Path(opts.run_dir) / ".hydra" / "config.yaml").is_file():
-        res = evaluate_run(**dataclasses.asdict(opts))  # not a run folder: says so, and leaves no .lock there
+        res = evaluate_run(**args)  # not a run folder: says so, and leaves no .lock there
     else:
         with RunFolderLock(opts.run_dir):
-            res = evaluate_run(**dataclasses.asdict(opts))
+            res = evaluate_run(**args)
+            if opts.diagnose:
+                from kernel_attention.diagnostics import DiagnoseConfig, diagnose_run
+
+                diag = diagnose_run(opts.run_dir, DiagnoseConfig(checkpoint=opts.checkpoint, data_dir=opts.data_dir))
+                print(f"kernel diagnostics ({diag['sample']['n']} valid sequences, {diag['seconds']:.1f} s)  → "
+                      f"{cfg.run_dir}/diagnostics.json")
     print(f"{_summary(res)}  → {cfg.run_dir}/metrics.json")
 
 

@@ -254,6 +254,18 @@ def test_tiny_run_end_to_end_writes_diagnostics_and_the_report_shows_it(trained:
     assert any(p.name.endswith("_sv_decay.png") for p in rep.files)
 
 
+def test_evaluate_with_diagnose_writes_both_files(trained: dict[str, Path], tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(trained["mt_linear"], run)
+    (run / "diagnostics.json").unlink(missing_ok=True)
+    proc = subprocess.run([sys.executable, str(REPO / "evaluate.py"), f"run_dir={run}", "beam=1", "diagnose=true"],
+                          cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    assert "diagnostics.json" in proc.stdout and "test" in json.loads((run / "metrics.json").read_text())
+    d = json.loads((run / "diagnostics.json").read_text())
+    assert d["run"]["kernel"] == "linear" and d["options"]["checkpoint"] == "best"
+
+
 @pytest.mark.parametrize("case", ["lm_cross", "no_checkpoint", "not_a_run", "bad_option", "bad_role"])
 def test_bad_input_is_one_line_and_writes_nothing(case: str, trained: dict[str, Path], tmp_path: Path) -> None:
     if case == "lm_cross":

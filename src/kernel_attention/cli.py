@@ -1,6 +1,6 @@
-"""One error path for every entry point (train.py, evaluate.py, scripts/prepare_data.py, scripts/report.py):
-bad input is one line on stderr, ``<prog>: <kind> error: <what is wrong and the fix>``, and an exit code per
-kind of error — the same kind, the same code, whichever command met it:
+"""One error path for every entry point (train.py, evaluate.py, scripts/prepare_data.py, scripts/report.py,
+scripts/diagnose.py): bad input is one line on stderr, ``<prog>: <kind> error: <what is wrong and the fix>``,
+and an exit code per kind of error — the same kind, the same code, whichever command met it:
 
     2  config     a setting or argument is invalid (ConfigError, Hydra/OmegaConf errors, bad CLI arguments)
     3  data       a corpus or prepared dataset is missing or unusable (DataError)
