@@ -193,16 +193,29 @@ def sentence(runs: list[DiagRun], baseline: str = "edp") -> str:
     return " ".join(parts)
 
 
+MIN_SHARE = 0.25  # plot σ_i only where at least this share of the (sequence, head) matrices has an i-th value
+
+
+def _thinned(decay: dict[str, Any], key: str) -> list[float]:
+    """One run's mean σ_i/σ_1 curve, NaN where fewer than MIN_SHARE of its matrices are that long: the tail of a
+    mean over only the longest sequences would read as a property of the kernel."""
+    count = decay.get("count") or []
+    top = count[0] if count else 0
+    return [math.nan if v is None or i >= len(count) or count[i] < MIN_SHARE * top else float(v)
+            for i, v in enumerate(decay[key])]
+
+
 def sv_decay_figure(task: str, runs: list[DiagRun]) -> Figure:
-    """Mean σ_i/σ_1 of the attention matrix A (solid) and of K (dotted) per kernel, one panel per role."""
+    """Mean σ_i/σ_1 of the attention matrix A (solid) and of K (dotted) per kernel, one panel per role, up to the
+    index that at least a quarter of the sequences reach."""
     roles = [r for r in ROLES if any(r in d.data.get("sv_decay", {}) for d in runs)]
     fig = Figure(figsize=(4.2 * max(len(roles), 1), 4), layout="constrained")
     axes = [fig.add_subplot(1, max(len(roles), 1), i + 1) for i in range(max(len(roles), 1))]
     for ax, role in zip(axes, roles):
         for i, (kernel, group) in enumerate(_by_kernel(runs).items()):
             for key, ls in (("A", "-"), ("K", ":")):
-                curves = [d.data["sv_decay"][role][key] for d in group if role in d.data.get("sv_decay", {})]
-                arr = np.array([[np.nan if v is None else v for v in c] for c in curves], dtype=float)
+                curves = [_thinned(d.data["sv_decay"][role], key) for d in group if role in d.data.get("sv_decay", {})]
+                arr = np.array(curves, dtype=float)
                 if arr.size == 0:
                     continue
                 count = (~np.isnan(arr)).sum(axis=0)  # (P,): past the shortest lengths fewer curves have a σ_i
