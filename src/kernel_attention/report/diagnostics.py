@@ -39,6 +39,7 @@ COLUMNS = (
     ("rank_binds_K", "rank binds"),
     ("entropy_norm", "entropy / log n"),
 )
+SELF_ONLY = ("asymmetry", "negative_mass")  # undefined for cross-attention's n_tgt × n_src K
 ASYM_THRESHOLD = 0.05  # "measurably asymmetric": ‖K−Kᵀ‖ above 5 % of ‖K‖ in every seed
 NEG_THRESHOLD = 0.01  # "measurably indefinite": above 1 % of the eigenvalue mass negative in every seed
 
@@ -107,14 +108,14 @@ def role_markdown(runs: list[DiagRun]) -> str:
     """erank of A, asymmetry and negative mass per kernel and role (means over seeds)."""
     keys = (("asymmetry", "asym"), ("negative_mass", "neg"), ("erank_A", "erank A"), ("entropy_norm", "H/log n"))
     roles = [r for r in ROLES if any(r in d.data.get("summary", {}) for d in runs)]
-    head = ["kernel", *[f"{role} {h}" for role in roles for _, h in keys]]
+    cols = [(role, key, h) for role in roles for key, h in keys if role != "cross" or key not in SELF_ONLY]
+    head = ["kernel", *[f"{role} {h}" for role, _, h in cols]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for kernel, group in _by_kernel(runs).items():
         cells = []
-        for role in roles:
-            for key, _ in keys:
-                m, _s, n = _mean_std([d.data.get("summary", {}).get(role, {}).get(key) for d in group])
-                cells.append("–" if n == 0 else f"{m:.3f}")
+        for role, key, _ in cols:
+            m, _s, n = _mean_std([d.data.get("summary", {}).get(role, {}).get(key) for d in group])
+            cells.append("–" if n == 0 else f"{m:.3f}")
         lines.append(f"| {kernel} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
