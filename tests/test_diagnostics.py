@@ -340,3 +340,14 @@ def test_report_section_sentence_and_tables_follow_the_numbers(tmp_path: Path) -
     assert summary_row.startswith("| linear | 2 | 20.500 ± 0.707 | 0.150 ± 0.071 |")  # mean ± sample std, 2 seeds
     csv = (rep.out_dir / "toy_diagnostics_layers.csv").read_text().splitlines()
     assert len(csv) == 1 + len(kept)
+
+
+def test_find_runs_skips_report_folders_only_below_the_root(tmp_path: Path) -> None:
+    from kernel_attention.diagnostics import find_runs
+
+    root = tmp_path / "report" / "sweep"  # a root whose own path holds 'report' still finds its runs
+    for rel in ("a", "b/c", "report/x"):
+        (root / rel / ".hydra").mkdir(parents=True)
+        (root / rel / ".hydra" / "config.yaml").write_text("{}")
+    assert find_runs(root) == [root / "a", root / "b" / "c"]
+    assert find_runs(root / "a") == [root / "a"]

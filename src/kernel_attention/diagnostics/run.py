@@ -238,7 +238,8 @@ def find_runs(folder: Path | str) -> list[Path]:
         raise DiagnosticsError(f"{folder} is not a folder; pass a run folder or a sweep folder")
     if (folder / ".hydra" / "config.yaml").is_file():
         return [folder]
-    runs = sorted(p.parent.parent for p in folder.rglob(".hydra/config.yaml") if "report" not in p.parts)
+    runs = sorted(p.parent.parent for p in folder.rglob(".hydra/config.yaml")
+                  if "report" not in p.relative_to(folder).parts)
     if not runs:
         raise DiagnosticsError(f"no run folder (with .hydra/config.yaml) under {folder}; pass a run or sweep folder")
     return runs
