@@ -9,6 +9,7 @@ from kernel_attention.registry import ConfigError
 
 ACTIVATIONS = ("relu", "gelu")
 POSITIONS = ("sinusoidal", "learned")
+INITS = ("fairseq", "gpt2")  # kernel_attention.models.init says what each does and why LMs need gpt2
 
 
 @dataclass
@@ -32,6 +33,9 @@ class ModelConfig:
     share_all_embeddings: bool = False
     positions: str = "sinusoidal"
     max_positions: int = 1024
+    # Weight initialisation: fairseq's (embeddings × √d; the translation presets) or GPT-2's (std 0.02, scaled
+    # residual projections, no √d; the LM presets). See kernel_attention.models.init.
+    init: str = "fairseq"
 
     def validate(self) -> None:
         for name in ("encoder_layers", "decoder_layers"):
@@ -50,6 +54,8 @@ class ModelConfig:
                 raise ConfigError(f"model.{name} must be in [0, 1), got {getattr(self, name)}")
         if self.activation not in ACTIVATIONS:
             raise ConfigError(f"model.activation={self.activation!r}; choose one of: {', '.join(ACTIVATIONS)}")
+        if self.init not in INITS:
+            raise ConfigError(f"model.init={self.init!r}; choose one of: {', '.join(INITS)}")
         if self.positions not in POSITIONS:
             raise ConfigError(f"model.positions={self.positions!r}; choose one of: {', '.join(POSITIONS)}")
 

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from kernel_attention.kernels.base import KernelConfig
 from kernel_attention.models.attention import MultiheadKernelAttention
 from kernel_attention.models.config import ModelConfig
+from kernel_attention.models.init import embedding_scale, gpt2_init_
 from kernel_attention.registry import ConfigError
 
 KernelSpec = KernelConfig | dict[str, Any] | None
@@ -30,7 +31,7 @@ def sinusoidal_table(n: int, dim: int) -> Tensor:
 
 
 class Embedder(nn.Module):
-    """Token embedding × √d + positions, then dropout."""
+    """Token embedding (× √d under fairseq's init) + positions, then dropout."""
 
     def __init__(self, cfg: ModelConfig, vocab_size: int, pad_id: int, tokens: nn.Embedding | None = None) -> None:
         super().__init__()
@@ -38,7 +39,7 @@ class Embedder(nn.Module):
         if tokens is None:
             nn.init.normal_(self.tokens.weight, mean=0.0, std=cfg.d_model**-0.5)
             nn.init.zeros_(self.tokens.weight[pad_id])
-        self.scale = math.sqrt(cfg.d_model)
+        self.scale = embedding_scale(cfg.init, cfg.d_model)
         self.learned = cfg.positions == "learned"
         self.max_positions = cfg.max_positions
         if self.learned:
@@ -261,9 +262,14 @@ def build_model(
     if task_type == "translation":
         if cfg.encoder_layers < 1 or cfg.decoder_layers < 1:
             raise ConfigError("translation needs model.encoder_layers >= 1 and model.decoder_layers >= 1")
-        return EncoderDecoderTransformer(cfg, kernel_name, kernel_cfg, vocab_size, pad_id)
-    if task_type == "lm":
+        model: EncoderDecoderTransformer | DecoderOnlyLM = EncoderDecoderTransformer(
+            cfg, kernel_name, kernel_cfg, vocab_size, pad_id)
+    elif task_type == "lm":
         if cfg.decoder_layers < 1:
             raise ConfigError("language modelling needs model.decoder_layers >= 1")
-        return DecoderOnlyLM(cfg, kernel_name, kernel_cfg, vocab_size, pad_id)
-    raise ConfigError(f"unknown task type {task_type!r}; choose translation or lm")
+        model = DecoderOnlyLM(cfg, kernel_name, kernel_cfg, vocab_size, pad_id)
+    else:
+        raise ConfigError(f"unknown task type {task_type!r}; choose translation or lm")
+    if cfg.init == "gpt2":
+        gpt2_init_(model)
+    return model

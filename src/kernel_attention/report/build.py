@@ -14,9 +14,11 @@ from matplotlib.figure import Figure
 from kernel_attention.evaluation.bleu import DEFAULT_SEED
 from kernel_attention.report import diagnostics as diag
 from kernel_attention.report.collect import Collection, collect_runs, group_runs
+from kernel_attention.report.families import families, families_markdown, family_curves
 from kernel_attention.report.plots import metric_vs_featdim, valid_curves
 from kernel_attention.report.stats import ALPHA
 from kernel_attention.report.tables import BASELINE, TaskTable, build_task_table, p_eq, to_csv, to_latex, to_markdown
+from kernel_attention.report.throughput import metric_vs_throughput, speeds, throughput_markdown
 from kernel_attention.report.verdict import TaskVerdict, overall, task_verdict
 
 
@@ -97,6 +99,10 @@ def _task_section(t: TaskTable, v: TaskVerdict, level: str = "##") -> str:
         f"{level}# Verdict\n\n{v.text}\n\n"
         f"![{t.metric} vs feature dimension]({name}_metric_vs_featdim.png)\n"
         f"![validation curves]({name}_valid_curves.png)\n"
+        + (f"\n{level}# Feature-dimension curves\n\n{families_markdown(t)}\n"
+           f"![{t.metric} vs feature dimension per family]({name}_families.png)\n" if families(t) else "")
+        + (f"\n{level}# Quality against training speed\n\n{throughput_markdown(t)}\n"
+           f"![{t.metric} vs training tokens/s]({name}_metric_vs_speed.png)\n" if speeds(t)[0] else "")
     )
 
 
@@ -184,7 +190,10 @@ def build_report(
         write(f"{name}.csv", to_csv(t))
         write(f"{name}.tex", to_latex(t))
         if plots:
-            for suffix, make in (("metric_vs_featdim", metric_vs_featdim), ("valid_curves", valid_curves)):
+            figures = [("metric_vs_featdim", metric_vs_featdim), ("valid_curves", valid_curves)]
+            figures += [("families", family_curves)] if families(t) else []
+            figures += [("metric_vs_speed", metric_vs_throughput)] if speeds(t)[0] else []
+            for suffix, make in figures:
                 atomic_save_figure(make(t), out / f"{name}_{suffix}.png")
                 files.append(out / f"{name}_{suffix}.png")
 

@@ -1,0 +1,112 @@
+"""Quality against speed: each kernel's metric against its training tokens/s measured alike for every kernel by
+``scripts/measure_throughput.py`` (``throughput.json`` beside a run's metrics.json, docs/contracts.md §3).
+
+The tokens/s a run logs while training depends on what else the machine ran meanwhile, so it is never used here;
+a kernel without a ``throughput.json`` is left out of the figure and named. All points of one figure must come from
+one measurement (the same ``measured_at`` and conditions); otherwise the section says so and draws nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from kernel_attention.report.plots import BASELINE_STYLE, STYLE
+from kernel_attention.report.tables import Row, TaskTable
+
+FILE = "throughput.json"
+
+
+@dataclass
+class Speed:
+    row: Row
+    tokens_per_s: float
+    record: dict[str, Any]
+
+
+def _record(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads((path / FILE).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    tps = data.get("tokens_per_s") if isinstance(data, dict) else None
+    return data if isinstance(tps, (int, float)) and math.isfinite(tps) and tps > 0 else None
+
+
+def speeds(t: TaskTable) -> tuple[list[Speed], list[str]]:
+    """(kernels with a measured throughput, names of those without one). A kernel's figure is the median over
+    its runs' files (normally one measurement shared by all seeds)."""
+    found, missing = [], []
+    for r in t.rows:
+        recs = [rec for run in r.source.runs if (rec := _record(run.path)) is not None]
+        if recs:
+            found.append(Speed(r, statistics.median(x["tokens_per_s"] for x in recs), recs[0]))
+        else:
+            missing.append(r.kernel)
+    return found, missing
+
+
+def _conditions(rec: dict[str, Any]) -> str:
+    m = rec.get("machine", {}) if isinstance(rec.get("machine"), dict) else {}
+    return (f"{rec.get('threads', '?')} thread(s) on {m.get('device', '?')} ({m.get('cpu', '?')}), "
+            f"{rec.get('rounds', '?')} interleaved rounds × {rec.get('steps', '?')} updates on "
+            f"{rec.get('batches', '?')} shared training batches (≈ {rec.get('target_tokens_per_batch', '?')} target "
+            f"tokens each), load average {m.get('load_avg_1_5_15', '?')}, measured {rec.get('measured_at', '?')}")
+
+
+def _one_measurement(found: list[Speed]) -> bool:
+    return len({s.record.get("measured_at") for s in found}) == 1
+
+
+def throughput_markdown(t: TaskTable) -> str:
+    """The speed table (kernel, tokens/s, × edp, metric) and the measurement's conditions; '' when none."""
+    found, missing = speeds(t)
+    if not found:
+        return ""
+    if not _one_measurement(found):
+        return ("Throughput files from more than one measurement: rerun `scripts/measure_throughput.py` on the "
+                "whole sweep so every kernel is timed alike.\n")
+    base = next((s.tokens_per_s for s in found if s.row.is_baseline), None)
+    lines = [f"| kernel | training tokens/s | × {t.baseline.kernel if t.baseline else 'baseline'} | "
+             f"{t.metric_header} |", "|---|---:|---:|---:|"]
+    for s in sorted(found, key=lambda s: -s.tokens_per_s):
+        ratio = f"{s.tokens_per_s / base:.2f}" if base else "—"
+        value = f"{s.row.summary.mean:.2f}" if s.row.summary.n else "—"
+        lines.append(f"| {s.row.kernel} | {s.tokens_per_s:,.0f} | {ratio} | {value} |")
+    rec = found[0].record
+    text = "\n".join(lines) + f"\n\nConditions: {_conditions(rec)}. Command: `{rec.get('command', '?')}`.\n"
+    if missing:
+        text += f"Not measured: {', '.join(missing)}.\n"
+    return text
+
+
+def metric_vs_throughput(t: TaskTable) -> Figure:
+    """Metric (mean ± std over seeds) against measured training tokens/s (log x): the upper right is better
+    for BLEU, the lower right for perplexity."""
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    found, _ = speeds(t)
+    pts = [s for s in found if s.row.summary.n > 0] if found and _one_measurement(found) else []
+    for s in pts:
+        marker, colour = BASELINE_STYLE if s.row.is_baseline else STYLE[s.row.group]
+        std = 0.0 if math.isnan(s.row.summary.std) else s.row.summary.std
+        ax.errorbar([s.tokens_per_s], [s.row.summary.mean], yerr=[std], fmt=marker, color=colour, capsize=4,
+                    markersize=12 if s.row.is_baseline else 7)  # fmt: skip
+        ax.annotate(s.row.kernel, (s.tokens_per_s, s.row.summary.mean), textcoords="offset points", xytext=(5, 5),
+                    fontsize=8)  # fmt: skip
+    if pts:
+        ax.set_xscale("log")
+    else:
+        ax.text(0.5, 0.5, "no throughput measured (scripts/measure_throughput.py)", ha="center", va="center",
+                transform=ax.transAxes)  # fmt: skip
+    ax.set_xlabel("training tokens/s, every kernel measured alike (log scale)")
+    ax.set_ylabel(f"test {t.metric_header} (mean ± std over seeds)")
+    ax.set_title(f"{t.task}: quality against training speed (blue = infinite, green = finite)")
+    ax.grid(True, which="both", alpha=0.3)
+    return fig

@@ -1,0 +1,66 @@
+"""scripts/measure_throughput.py times every kernel of a sweep alike and the report plots the metric against it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from test_train_support import REPO, env, run_cli, tiny_overrides, tiny_root  # noqa: F401
+
+from kernel_attention.report.build import build_report
+from kernel_attention.training.lock import RunFolderLock
+
+SCRIPT = REPO / "scripts" / "measure_throughput.py"
+
+
+def _measure(folder: Path, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), str(folder), "--rounds", "2", "--steps", "1", "--batches",
+                           "2"], cwd=cwd, env=env(), capture_output=True, text=True, timeout=300)  # fmt: skip
+
+
+def test_every_kernel_timed_in_one_interleaved_measurement(tmp_path: Path, tiny_root: Path) -> None:  # noqa: F811
+    for kernel, seed in (("edp", 1), ("edp", 2), ("linear", 1)):
+        run_cli([*tiny_overrides(tiny_root, "mt", updates=4), f"kernel={kernel}", f"seed={seed}"], cwd=tmp_path)
+    out = tmp_path / "outputs"
+    busy = out / "tiny_mt" / "transformer_tiny" / "edp" / "seed2"
+    with RunFolderLock(busy):  # a live trainer's folder is never written
+        proc = _measure(out, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"skipped {busy}: in use by another process" in proc.stderr
+    assert "timing 2 kernel configuration(s)" in proc.stdout  # edp's two seeds are one configuration
+    recs = {k: json.loads((out / "tiny_mt" / "transformer_tiny" / k / "seed1" / "throughput.json").read_text())
+            for k in ("edp", "linear")}
+    assert not (busy / "throughput.json").exists()
+    assert recs["edp"]["measured_at"] == recs["linear"]["measured_at"]
+    for k, rec in recs.items():
+        assert rec["kernel"] == k and rec["interleaved_with"] == ["edp", "linear"]
+        assert len(rec["rounds_tokens_per_s"]) == 2 and rec["tokens_per_s"] > 0
+        assert sorted(rec["rounds_tokens_per_s"])[0] <= rec["tokens_per_s"] <= sorted(rec["rounds_tokens_per_s"])[1]
+        assert (rec["threads"], rec["steps"], rec["batches"]) == (1, 1, 2)
+
+    rep = build_report(out, n_samples=20)
+    md = (rep.out_dir / "tiny_mt.md").read_text()
+    assert "Quality against training speed" in md and "Not measured" not in md
+    assert f"| edp | {recs['edp']['tokens_per_s']:,.0f} | 1.00 |" in md
+    assert (rep.out_dir / "tiny_mt_metric_vs_speed.png").is_file()
+
+
+def test_two_measurements_are_never_mixed_in_one_figure(tmp_path: Path) -> None:
+    from test_report_families import _metrics
+
+    for i, (name, fd) in enumerate((("edp", float("inf")), ("linear", 64.0))):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "metrics.json").write_text(json.dumps(_metrics(name, {}, fd, 1, 2.0 + i)))
+        (run / "throughput.json").write_text(json.dumps({"tokens_per_s": 1000.0 * (i + 1),
+                                                         "measured_at": f"2026-01-0{i + 1}T00:00:00"}))
+    md = (build_report(tmp_path, n_samples=20).out_dir / "tinyshakespeare.md").read_text()
+    assert "Throughput files from more than one measurement" in md and "| linear | 2,000" not in md
+
+
+def test_a_folder_without_finished_runs_is_one_line(tmp_path: Path) -> None:
+    proc = _measure(tmp_path, tmp_path)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 4 and len(lines) == 1 and "no finished run" in lines[0], proc.stderr
