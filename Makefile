@@ -33,6 +33,9 @@ demo: install ## The whole spine on CPU (~10 min): prepare Multi30k, train edp +
 	$(PYTHON) train.py -m experiment=demo
 	$(PYTHON) scripts/report.py outputs/sweeps/demo
 
+diagnose: ## Kernel diagnostics of every completed run: make diagnose SWEEP=outputs/sweeps/... (→ diagnostics.json)
+	$(PYTHON) scripts/diagnose.py $(or $(SWEEP),outputs)
+
 bench: ## Attention and training benchmarks (prints tables, writes experiments/benchmarks/)
 	$(PYTHON) scripts/benchmark_attention.py
 	$(PYTHON) scripts/benchmark_training.py
@@ -40,4 +43,4 @@ bench: ## Attention and training benchmarks (prints tables, writes experiments/b
 clean: ## Remove caches (keeps data/ and outputs/)
 	rm -rf .pytest_cache .ruff_cache build dist src/*.egg-info
 
-.PHONY: help install test lint data train report demo bench clean
+.PHONY: help install test lint data train report diagnose demo bench clean

@@ -49,6 +49,7 @@ class EvaluateOptions:
     device: str = "auto"
     split: str | None = "test"
     test_sets: dict[str, Any] = dataclasses.field(default_factory=dict)
+    diagnose: bool = False  # then run the kernel diagnostics (scripts/diagnose.py defaults) → diagnostics.json
 
 
 def _summary(summary: Any, res: dict) -> list[str]:
@@ -72,12 +73,18 @@ def main(cfg: DictConfig) -> None:
     opts = config_from_mapping(EvaluateOptions, OmegaConf.to_container(cfg, resolve=True), "evaluate")  # type: ignore[arg-type]
     if not Path(opts.run_dir).is_dir():
         raise ConfigError(f"run_dir={opts.run_dir} is not a folder; pass a run folder that train.py wrote")
-    kwargs = {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts)}
+    kwargs = {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts) if f.name != "diagnose"}
     if not (Path(opts.run_dir) / ".hydra" / "config.yaml").is_file():
         res = evaluate_run(**kwargs)  # not a run folder: says so, and leaves no .lock there
     else:
         with RunFolderLock(opts.run_dir):
             res = evaluate_run(**kwargs)
+            if opts.diagnose:
+                from kernel_attention.diagnostics import DiagnoseConfig, diagnose_run
+
+                diag = diagnose_run(opts.run_dir, DiagnoseConfig(checkpoint=opts.checkpoint, data_dir=opts.data_dir))
+                print(f"kernel diagnostics ({diag['sample']['n']} valid sequences, {diag['seconds']:.1f} s)  → "
+                      f"{cfg.run_dir}/diagnostics.json")
     summary = task_class(load_config(Path(opts.run_dir)).task).summary
     for line in _summary(summary, res):
         print(f"{line}  → {cfg.run_dir}/metrics.json")

@@ -6,11 +6,12 @@
 
 A finished run (status completed, diverged or failed) is fully described for the report by small files: its
 ``metrics.json`` (scores, per-sentence BLEU statistics for the bootstrap, the resolved config, the environment),
-``.hydra/{config,overrides}.yaml``, ``train.log``, ``test.hyp.txt`` and ``throughput.json``. ``save`` copies
-those of every finished job folder (never a running one, never checkpoints) into the archive, atomically per
-file. ``--restore`` copies them back into job folders that have no ``metrics.json`` yet and that no live
-process holds (the run-folder lock), so relaunching the sweep's command skips the jobs that finished elsewhere —
-``train.py`` sees a completed run with the same config — and runs only the rest.
+``.hydra/{config,overrides}.yaml``, ``train.log``, ``test.hyp.txt``, ``throughput.json`` and ``diagnostics.json``
+(scripts/diagnose.py). ``save`` copies those of every finished job folder (never a running one, never
+checkpoints) into the archive, atomically per file. ``--restore`` copies them back into job folders that have no
+``metrics.json`` yet and that no live process holds (the run-folder lock), so relaunching the sweep's command
+skips the jobs that finished elsewhere — ``train.py`` sees a completed run with the same config — and runs only
+the rest.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from kernel_attention.store import atomic  # noqa: E402
 from kernel_attention.store.metrics import STATUSES  # noqa: E402
 from kernel_attention.training.lock import RunFolderLock  # noqa: E402
 
-FILES = ("metrics.json", ".hydra/config.yaml", ".hydra/overrides.yaml", "train.log", "test.hyp.txt", "throughput.json")
+FILES = ("metrics.json", ".hydra/config.yaml", ".hydra/overrides.yaml", "train.log", "test.hyp.txt", "throughput.json",
+         "diagnostics.json")
 FINISHED = tuple(s for s in STATUSES if s != "running")
 
 

@@ -35,7 +35,7 @@ from kernel_attention.cli import EXIT_CODES as CODES  # noqa: E402
 @dataclass
 class Case:
     name: str
-    prog: str  # train | evaluate | translate | sample | prepare_data | report
+    prog: str  # train | evaluate | translate | sample | prepare_data | report | diagnose
     args: list[str]
     kind: str  # the expected error kind
     needle: str  # must appear in the one line
@@ -185,6 +185,20 @@ def cases(work: Path) -> list[Case]:
     add(Case("report unknown flag", "report", [str(work / "runs"), "--frobnicate"], "config", "frobnicate"))
     add(Case("report out under a file", "report", [str(work / "runs"), "--out", str(work / "afile" / "r"),
                                                    "--no-plots"], "file", "cannot access", setup="afile"))
+    # -- diagnose (issue 11) ----------------------------------------------------------------------------------
+    add(Case("diagnose missing folder", "diagnose", [str(work / "nope")], "run", "is not a folder"))
+    add(Case("diagnose folder without runs", "diagnose", [str(work / "corpus")], "run", "no run folder"))
+    add(Case("diagnose run without checkpoint", "diagnose", [str(run["diverged"]), "checkpoint=avg"], "run",
+             "avg.pt not found", protect="diverged"))
+    add(Case("diagnose n=0", "diagnose", [str(run["completed"]), "n=0"], "config", "n=0", protect="completed"))
+    add(Case("diagnose unknown option", "diagnose", [str(run["completed"]), "bogus=1"], "config", "bogus",
+             protect="completed"))
+    add(Case("diagnose unknown role", "diagnose", [str(run["completed"]), "roles=decoder"], "config", "roles=",
+             protect="completed"))
+    add(Case("diagnose folder locked", "diagnose", [str(run["interrupted"]), "checkpoint=last"], "run",
+             "is in use by process", protect="interrupted", setup="lock:interrupted"))
+    add(Case("diagnose corrupt checkpoint", "diagnose", [str(work / "corrupt"), "checkpoint=last"], "run",
+             "cannot be loaded", setup="corrupt"))
     return out
 
 
@@ -195,8 +209,8 @@ def _has_cuda() -> bool:
 
 
 ENTRY = {"train": REPO / "train.py", "evaluate": REPO / "evaluate.py", "translate": REPO / "translate.py",
-         "sample": REPO / "sample.py",
-         "prepare_data": REPO / "scripts" / "prepare_data.py", "report": REPO / "scripts" / "report.py"}
+         "sample": REPO / "sample.py", "prepare_data": REPO / "scripts" / "prepare_data.py",
+         "report": REPO / "scripts" / "report.py", "diagnose": REPO / "scripts" / "diagnose.py"}
 
 
 def _env(extra: dict[str, str], work: Path) -> dict[str, str]:

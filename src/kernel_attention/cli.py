@@ -1,6 +1,6 @@
-"""One error path for every entry point (train.py, evaluate.py, scripts/prepare_data.py, scripts/report.py):
-bad input is one line on stderr, ``<prog>: <kind> error: <what is wrong and the fix>``, and an exit code per
-kind of error — the same kind, the same code, whichever command met it:
+"""One error path for every entry point (train.py, evaluate.py, scripts/prepare_data.py, scripts/report.py,
+scripts/diagnose.py): bad input is one line on stderr, ``<prog>: <kind> error: <what is wrong and the fix>``,
+and an exit code per kind of error — the same kind, the same code, whichever command met it:
 
     2  config     a setting or argument is invalid (ConfigError, Hydra/OmegaConf errors, bad CLI arguments)
     3  data       a corpus or prepared dataset is missing or unusable (DataError)
@@ -33,6 +33,7 @@ def error_kind(exc: BaseException) -> str | None:
     from omegaconf.errors import OmegaConfBaseException
 
     from kernel_attention.data import DataError
+    from kernel_attention.diagnostics.errors import DiagnosticsError
     from kernel_attention.evaluation.errors import EvaluationError
     from kernel_attention.registry import ConfigError
     from kernel_attention.report import ReportError
@@ -40,7 +41,7 @@ def error_kind(exc: BaseException) -> str | None:
 
     if isinstance(exc, DataError):
         return "data"
-    if isinstance(exc, (EvaluationError, RunFolderBusyError, ReportError)):
+    if isinstance(exc, (EvaluationError, DiagnosticsError, RunFolderBusyError, ReportError)):
         return "run"
     if isinstance(exc, (ConfigError, OmegaConfBaseException)):
         return "config"

@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from kernel_attention.evaluation.bleu import DEFAULT_SEED
+from kernel_attention.report import diagnostics as diag
 from kernel_attention.report.collect import Collection, collect_runs, group_runs
 from kernel_attention.report.families import families, families_markdown, family_curves
 from kernel_attention.report.plots import metric_vs_featdim, valid_curves
@@ -183,6 +184,17 @@ def build_report(
                                                                                                dpi=120))
                 files.append(out / f"{name}_{suffix}.png")
 
+    # Kernel diagnostics (diagnostics.json beside metrics.json, docs/contracts.md §5): a section per task that has any.
+    diag_md: list[str] = []
+    for task, druns in diag.collect(c.runs).items():
+        for fname, content in diag.outputs(task, druns, safe_name(task), plots).items():
+            if isinstance(content, str):
+                write(fname, content)
+            else:
+                atomic_save_figure(content, out / fname)
+                files.append(out / fname)
+        diag_md.append(diag.section(task, safe_name(task), druns))
+
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     md = "\n".join(
         [
@@ -194,6 +206,7 @@ def build_report(
             *[f"- {v.text}" for v in verdicts.values()],
             "",
             *[_task_section(t, verdicts[task]) for task, t in tables.items()],
+            *diag_md,
             "## Runs not in the means\n",
             _problems(c),
             METHOD,
