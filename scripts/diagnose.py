@@ -4,7 +4,7 @@
     python scripts/diagnose.py <run folder or sweep folder> [split=valid n=128 checkpoint=best roles=all ...]
 
 For each run folder (a sweep folder: every completed run below it) writes ``<run>/diagnostics.json`` atomically
-(docs/contracts.md §5): per role × layer × head, the asymmetry and the indefiniteness of the token kernel matrix,
+(docs/contracts.md §6): per role × layer × head, the asymmetry and the indefiniteness of the token kernel matrix,
 the effective and numerical rank of K and of the attention matrix, attention entropy, and the q·k forms'
 asymmetry. ``scripts/report.py`` reads the files. Options (key=value): split, n, checkpoint (best|avg|last),
 roles (all or a comma list of enc_self, dec_self, cross), batch_size, sample_seed, rank_rtol, sv_points, data_dir.

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from kernel_cases import CASE_IDS, CASES, D, H, make_case, reference_attention, reference_kernel
-from test_train_support import REPO, env, run_cli, tiny_overrides, tiny_root  # noqa: F401
+from test_train_support import REPO, env, run_cli, tiny_overrides
 
 from kernel_attention.diagnostics import measure, spectra
 from kernel_attention.diagnostics.run import DiagnoseConfig, diagnose_run, measure_model
@@ -219,7 +219,7 @@ def _diagnose(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:  # noqa: F811
+def trained(tiny_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     cwd = tmp_path_factory.mktemp("diag_runs")
     runs = {}
     for kind, kernel in (("mt", "edp"), ("mt", "linear"), ("lm", "edp")):

@@ -1,6 +1,6 @@
 """Kernel diagnostics: how asymmetric, indefinite, high-rank and sharp a trained model's attention kernels are
 (Wright & Gonzalez 2021's claims, measured). ``spectra`` (matrix measures), ``measure`` (one head on one
-sequence), ``run`` (a run folder → ``diagnostics.json``, docs/contracts.md §5). Sits at evaluation's level: it
+sequence), ``run`` (a run folder → ``diagnostics.json``, docs/contracts.md §6). Sits at evaluation's level: it
 imports models, kernels, data and training's checkpoint/atomic helpers; nothing below imports it.
 
 The run-level names are loaded on first access, so ``errors`` (used by ``kernel_attention.cli``) needs no torch.

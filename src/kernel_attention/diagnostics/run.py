@@ -8,7 +8,7 @@ numbers of ``measure.head_metrics`` from the real tokens only; they are averaged
 order (so the batch composition and order cannot change them) per (role, layer, head), and over layers × heads per
 role. The q·k bilinear forms W_Qhᵀ W_Kh come from the weights alone. Roles: ``enc_self`` (encoder
 self-attention), ``dec_self`` (causal decoder self-attention; the LM's only role), ``cross`` (decoder → encoder).
-The file's layout is docs/contracts.md §5.
+The file's layout is docs/contracts.md §6.
 """
 
 from __future__ import annotations
@@ -36,8 +36,9 @@ from kernel_attention.kernels.base import Positions, kernel_properties
 from kernel_attention.models import build_model
 from kernel_attention.models.attention import MultiheadKernelAttention
 from kernel_attention.registry import ConfigError
-from kernel_attention.training import atomic
-from kernel_attention.training import checkpoint as ckpt_io
+from kernel_attention.store import atomic
+from kernel_attention.store import checkpoint as ckpt_io
+from kernel_attention.tasks import task_class
 from kernel_attention.training.metrics import git_commit, now_iso
 
 SCHEMA = 1
@@ -245,11 +246,17 @@ def find_runs(folder: Path | str) -> list[Path]:
     return runs
 
 
+def _encoder_decoder(cfg: TrainConfig) -> bool:
+    """Which attention roles the run's model has: its task declares the architecture (no task-type branch here)."""
+    return task_class(cfg.task).architecture == "encoder_decoder"
+
+
 def _sample_batches(cfg: TrainConfig, data: PreparedData, opts: DiagnoseConfig) -> tuple[list[dict], list[int]]:
     """The fixed sample as model-ready batches (right padding, real lengths), and its sequence ids."""
     if opts.split not in data.splits:
         raise DiagnosticsError(f"split={opts.split!r} is not in {data.path}; choose one of: {', '.join(data.splits)}")
-    if cfg.task.type == "translation":
+    encdec = _encoder_decoder(cfg)
+    if encdec:
         ds: Any = TranslationDataset(data, opts.split)
     else:
         ds = LMBlockDataset(np.asarray(data.stream(opts.split)), cfg.task.block_size, drop_last=True)
@@ -261,7 +268,7 @@ def _sample_batches(cfg: TrainConfig, data: PreparedData, opts: DiagnoseConfig) 
     batches = []
     for start in range(0, len(ids), opts.batch_size):
         chunk = ids[start : start + opts.batch_size]
-        if cfg.task.type == "translation":
+        if encdec:
             b = collate_translation([ds[i] for i in chunk], pad=v.pad, bos=v.bos, eos=v.eos)
             batch = {"src_tokens": b["src_tokens"], "prev_output_tokens": b["prev_output_tokens"],
                      "src_len": b["src_tokens"].ne(v.pad).sum(1), "tgt_len": b["prev_output_tokens"].ne(v.pad).sum(1)}
@@ -283,12 +290,13 @@ def diagnose_run(run_dir: Path | str, opts: DiagnoseConfig | None = None, *, wri
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
     roles = opts.role_list()
-    if cfg.task.type == "lm" and "cross" in roles:
+    decoder_only = not _encoder_decoder(cfg)
+    if decoder_only and "cross" in roles:
         if opts.roles != "all":
             raise DiagnosticsError(f"roles={opts.roles} asks for cross-attention, but {run_dir} is a language model "
                                    "(decoder self-attention only); use roles=dec_self or roles=all")
         roles = ("dec_self",)
-    if cfg.task.type == "lm":
+    if decoder_only:
         roles = tuple(r for r in roles if r == "dec_self")
         if not roles:
             raise DiagnosticsError(f"roles={opts.roles} has no role of a language model ({run_dir}); "
@@ -308,7 +316,8 @@ def diagnose_run(run_dir: Path | str, opts: DiagnoseConfig | None = None, *, wri
         raise DiagnosticsError(f"{ckpt} cannot be loaded ({ckpt_io.load_problem(e, ckpt)})") from None
     if not isinstance(state, dict) or "model" not in state:
         raise DiagnosticsError(f"{ckpt} has no 'model' weights; it was not written by train.py")
-    model = build_model(cfg.model, cfg.kernel_name, cfg.kernel, cfg.task.type, data.vocab.size, data.vocab.pad)
+    model = build_model(cfg.model, cfg.kernel_name, cfg.kernel, task_class(cfg.task).architecture, data.vocab.size,
+                        data.vocab.pad)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:

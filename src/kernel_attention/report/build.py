@@ -184,14 +184,14 @@ def build_report(
                                                                                                dpi=120))
                 files.append(out / f"{name}_{suffix}.png")
 
-    # Kernel diagnostics (diagnostics.json beside metrics.json, docs/contracts.md §5): a section per task that has any.
+    # Kernel diagnostics (diagnostics.json beside metrics.json, docs/contracts.md §6): a section per task that has any.
     diag_md: list[str] = []
     for task, druns in diag.collect(c.runs).items():
         for fname, content in diag.outputs(task, druns, safe_name(task), plots).items():
             if isinstance(content, str):
                 write(fname, content)
             else:
-                atomic_save_figure(content, out / fname)
+                atomic.write_with(out / fname, lambda f, fig=content: fig.savefig(f, format="png", dpi=120))
                 files.append(out / fname)
         diag_md.append(diag.section(task, safe_name(task), druns))
 

@@ -1,4 +1,4 @@
-"""The report's kernel-diagnostics section: every run's ``diagnostics.json`` (docs/contracts.md §5, written by
+"""The report's kernel-diagnostics section: every run's ``diagnostics.json`` (docs/contracts.md §6, written by
 ``scripts/diagnose.py``) tabulated per kernel, plotted, and put in one sentence against the task's score.
 
 Reads JSON only (no torch, no model code). Per kernel: mean ± sample std over seeds of each run's summary over all
@@ -250,7 +250,7 @@ def erank_vs_score_figure(task: str, runs: list[DiagRun]) -> Figure:
     return fig
 
 
-METHOD = """Numbers from each run's `diagnostics.json` (`scripts/diagnose.py`, docs/contracts.md §5): on a fixed
+METHOD = """Numbers from each run's `diagnostics.json` (`scripts/diagnose.py`, docs/contracts.md §6): on a fixed
 sample of validation sequences, the model's own q, k per role × layer × head, real tokens only. K_ij = κ(q_i, k_j)
 on every token pair (rescaled by one positive constant per head, which no reported number depends on); A = K on the
 visible pairs (causal in the decoder), row-normalised. Asymmetry and the spectrum of (K+Kᵀ)/2 are for
