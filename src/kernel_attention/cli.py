@@ -114,6 +114,24 @@ def run(prog: str, fn: Callable[[], Any]) -> int:
     return result if isinstance(result, int) else 0
 
 
+PATH_KEYS = ("run_dir", "data_dir", "input", "prompt_file")
+_GRAMMAR = set("=,[]{}()'\" ")
+
+
+def quote_path_values(argv: list[str]) -> list[str]:
+    """Quote path values that Hydra's override grammar would misread: every sweep job folder has ``=`` and ``,``
+    in its name (``outputs/sweeps/kernels_mt/kernel=rbf,seed=2``), so ``run_dir=<that folder>`` is quoted here
+    and works as typed. Values already quoted, and values holding a quote character, are left alone."""
+    out = []
+    for a in argv:
+        key, sep, value = a.partition("=")
+        if (sep and key.lstrip("+~") in PATH_KEYS and value and value[0] not in "'\""
+                and "'" not in value and "\\" not in value and _GRAMMAR & set(value)):
+            a = f"{key}='{value}'"
+        out.append(a)
+    return out
+
+
 def run_hydra(prog: str, main: Callable[[], Any]) -> int:
     """``run`` for a ``@hydra.main`` function: Hydra is made to raise its errors (``HYDRA_FULL_ERROR=1``) instead
     of printing them with its help text, so they take the same one-line path. A user's own ``HYDRA_FULL_ERROR=1``
@@ -123,6 +141,7 @@ def run_hydra(prog: str, main: Callable[[], Any]) -> int:
     if saved["HYDRA_FULL_ERROR"] == "1":
         os.environ[TRACEBACK_ENV] = "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # inherited by launcher workers started inside ``main``
+    sys.argv[1:] = quote_path_values(sys.argv[1:])
     try:
         return run(prog, main)
     finally:
