@@ -15,7 +15,7 @@ from kernel_attention.report.families import families, families_markdown, family
 from kernel_attention.report.plots import metric_vs_featdim, valid_curves
 from kernel_attention.report.stats import ALPHA
 from kernel_attention.report.tables import BASELINE, TaskTable, build_task_table, p_eq, to_csv, to_latex, to_markdown
-from kernel_attention.report.throughput import metric_vs_throughput, speeds, throughput_markdown
+from kernel_attention.report.throughput import Speed, metric_vs_throughput, speeds, throughput_markdown
 from kernel_attention.report.verdict import TaskVerdict, overall, task_verdict
 from kernel_attention.store import atomic
 
@@ -76,7 +76,7 @@ def _significance(t: TaskTable) -> str:
     return "\n".join(lines) + "\n" if lines else "No other kernel has completed runs.\n"
 
 
-def _task_section(t: TaskTable, v: TaskVerdict, level: str = "##") -> str:
+def _task_section(t: TaskTable, v: TaskVerdict, measured: tuple[list[Speed], list[str]], level: str = "##") -> str:
     name = safe_name(t.task)
     return (
         f"{level} {t.task} ({t.task_type}, {t.metric_header})\n\n{to_markdown(t)}\n"
@@ -86,8 +86,8 @@ def _task_section(t: TaskTable, v: TaskVerdict, level: str = "##") -> str:
         f"![validation curves]({name}_valid_curves.png)\n"
         + (f"\n{level}# Feature-dimension curves\n\n{families_markdown(t)}\n"
            f"![{t.metric} vs feature dimension per family]({name}_families.png)\n" if families(t) else "")
-        + (f"\n{level}# Quality against training speed\n\n{throughput_markdown(t)}\n"
-           f"![{t.metric} vs training tokens/s]({name}_metric_vs_speed.png)\n" if speeds(t)[0] else "")
+        + (f"\n{level}# Quality against training speed\n\n{throughput_markdown(t, measured)}\n"
+           f"![{t.metric} vs training tokens/s]({name}_metric_vs_speed.png)\n" if measured[0] else "")
     )
 
 
@@ -163,6 +163,8 @@ def build_report(
         tables[task] = build_task_table(groups, baseline=baseline, n_samples=n_samples, seed=seed)
         verdicts[task] = task_verdict(tables[task], n_samples=n_samples, seed=seed)
 
+    # Each task's throughput.json files, read once: the task file, REPORT.md and the figure all use them.
+    measured = {task: speeds(t) for task, t in tables.items()}
     files: list[Path] = []
 
     def write(name: str, text: str) -> None:
@@ -171,13 +173,14 @@ def build_report(
 
     for task, t in tables.items():
         name = safe_name(task)
-        write(f"{name}.md", _task_section(t, verdicts[task], level="#"))
+        write(f"{name}.md", _task_section(t, verdicts[task], measured[task], level="#"))
         write(f"{name}.csv", to_csv(t))
         write(f"{name}.tex", to_latex(t))
         if plots:
             figures = [("metric_vs_featdim", metric_vs_featdim), ("valid_curves", valid_curves)]
             figures += [("families", family_curves)] if families(t) else []
-            figures += [("metric_vs_speed", metric_vs_throughput)] if speeds(t)[0] else []
+            if measured[task][0]:
+                figures.append(("metric_vs_speed", lambda t, m=measured[task]: metric_vs_throughput(t, m)))
             for suffix, make in figures:
                 fig = make(t)
                 atomic.write_with(out / f"{name}_{suffix}.png", lambda f, fig=fig: fig.savefig(f, format="png",
@@ -205,7 +208,7 @@ def build_report(
             overall(list(verdicts.values())) + "\n",
             *[f"- {v.text}" for v in verdicts.values()],
             "",
-            *[_task_section(t, verdicts[task]) for task, t in tables.items()],
+            *[_task_section(t, verdicts[task], measured[task]) for task, t in tables.items()],
             *diag_md,
             "## Runs not in the means\n",
             _problems(c),

@@ -64,9 +64,10 @@ def _one_measurement(found: list[Speed]) -> bool:
     return len({s.record.get("measured_at") for s in found}) == 1
 
 
-def throughput_markdown(t: TaskTable) -> str:
-    """The speed table (kernel, tokens/s, × edp, metric) and the measurement's conditions; '' when none."""
-    found, missing = speeds(t)
+def throughput_markdown(t: TaskTable, measured: tuple[list[Speed], list[str]]) -> str:
+    """The speed table (kernel, tokens/s, × edp, metric) and the measurement's conditions from ``measured``
+    (``speeds(t)``, read once per task by the caller); '' when none."""
+    found, missing = measured
     if not found:
         return ""
     if not _one_measurement(found):
@@ -86,12 +87,12 @@ def throughput_markdown(t: TaskTable) -> str:
     return text
 
 
-def metric_vs_throughput(t: TaskTable) -> Figure:
-    """Metric (mean ± std over seeds) against measured training tokens/s (log x): the upper right is better
-    for BLEU, the lower right for perplexity."""
+def metric_vs_throughput(t: TaskTable, measured: tuple[list[Speed], list[str]]) -> Figure:
+    """Metric (mean ± std over seeds) against measured training tokens/s (log x; ``measured`` = ``speeds(t)``):
+    the upper right is better for BLEU, the lower right for perplexity."""
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.add_subplot()
-    found, _ = speeds(t)
+    found, _ = measured
     pts = [s for s in found if s.row.summary.n > 0] if found and _one_measurement(found) else []
     for s in pts:
         marker, colour = BASELINE_STYLE if s.row.is_baseline else STYLE[s.row.group]
