@@ -32,19 +32,18 @@ from kernel_attention.config import TrainConfig
 from kernel_attention.data import DataError, LMBlockDataset, PreparedData, TranslationDataset, ensure_prepared
 from kernel_attention.data.collate import collate_lm, collate_translation
 from kernel_attention.diagnostics import DIAGNOSTICS_FILE, DiagnosticsError, measure
+from kernel_attention.evaluation.evaluate import CHECKPOINTS, checkpoint_path, checkpoint_state
 from kernel_attention.kernels.base import Positions, kernel_properties
 from kernel_attention.models import build_model
 from kernel_attention.models.attention import MultiheadKernelAttention
 from kernel_attention.registry import ConfigError
 from kernel_attention.store import atomic
-from kernel_attention.store import checkpoint as ckpt_io
 from kernel_attention.tasks import task_class
 from kernel_attention.training.metrics import git_commit, now_iso
 
 SCHEMA = 1
 ROLES = ("enc_self", "dec_self", "cross")
 SELF_ROLES = ("enc_self", "dec_self")
-CHECKPOINTS = ("best", "avg", "last")
 DECAY_KEYS = ("sv_decay_K", "sv_decay_A")
 
 
@@ -283,7 +282,8 @@ def _sample_batches(cfg: TrainConfig, data: PreparedData, opts: DiagnoseConfig) 
 
 def diagnose_run(run_dir: Path | str, opts: DiagnoseConfig | None = None, *, write: bool = True) -> dict[str, Any]:
     """Measure ``run_dir``'s checkpoint and (``write``) store the result atomically in ``run_dir/diagnostics.json``.
-    Everything is checked before anything is written; bad input raises ``DiagnosticsError`` / ``ConfigError``."""
+    Everything is checked before anything is written; bad input raises ``DiagnosticsError`` / ``ConfigError``
+    (a missing or unreadable checkpoint: evaluation's ``EvaluationError``, the same exit code)."""
     t0 = time.perf_counter()
     opts = opts or DiagnoseConfig()
     opts.validate()
@@ -301,25 +301,16 @@ def diagnose_run(run_dir: Path | str, opts: DiagnoseConfig | None = None, *, wri
         if not roles:
             raise DiagnosticsError(f"roles={opts.roles} has no role of a language model ({run_dir}); "
                                    "use roles=dec_self")
-    ckpt = run_dir / ckpt_io.CKPT_DIR / f"{opts.checkpoint}.pt"
-    if not ckpt.is_file():
-        have = sorted(p.stem for p in (run_dir / ckpt_io.CKPT_DIR).glob("*.pt") if p.stem in CHECKPOINTS)
-        fix = f"pick checkpoint={' or '.join(have)}" if have else "train the run first (python train.py ...)"
-        raise DiagnosticsError(f"{ckpt} not found; {fix}")
+    ckpt = checkpoint_path(run_dir, opts.checkpoint)  # evaluation's own checks and messages (exit 4)
     try:
         data = PreparedData(opts.data_dir if opts.data_dir else ensure_prepared(cfg.task.data))
     except (DataError, ConfigError) as e:
         raise DiagnosticsError(f"prepared data: {str(e).splitlines()[0]}; pass data_dir=<prepared folder>") from None
-    try:
-        state = ckpt_io.load(ckpt)
-    except Exception as e:  # a truncated or foreign file: say which one
-        raise DiagnosticsError(f"{ckpt} cannot be loaded ({ckpt_io.load_problem(e, ckpt)})") from None
-    if not isinstance(state, dict) or "model" not in state:
-        raise DiagnosticsError(f"{ckpt} has no 'model' weights; it was not written by train.py")
+    weights = checkpoint_state(ckpt)
     model = build_model(cfg.model, cfg.kernel_name, cfg.kernel, task_class(cfg.task).architecture, data.vocab.size,
                         data.vocab.pad)
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(weights)
     except RuntimeError as e:
         raise DiagnosticsError(f"{ckpt} does not fit the run's model config: {str(e).splitlines()[0]}") from None
     model.double()  # float64 throughout: exp(q·k/√d) and the eigensolvers need the range and the mantissa

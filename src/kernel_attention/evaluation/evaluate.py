@@ -29,8 +29,8 @@ from kernel_attention.store import checkpoint as ckpt_io
 from kernel_attention.store.metrics import read_metrics, update_metrics
 from kernel_attention.tasks import Task, build_task
 
-__all__ = ["CHECKPOINTS", "EvaluationError", "checkpoint_state", "evaluate_run", "load_config", "load_run",
-           "make_batches", "translate"]
+__all__ = ["CHECKPOINTS", "EvaluationError", "checkpoint_path", "checkpoint_state", "evaluate_run", "load_config",
+           "load_run", "make_batches", "translate"]
 
 CHECKPOINTS = ("best", "avg", "last")
 
@@ -46,7 +46,8 @@ def load_config(run_dir: Path) -> TrainConfig:
         raise EvaluationError(f"{path}: {str(e).splitlines()[0]}") from None
 
 
-def _checkpoint_path(run_dir: Path, name: str) -> Path:
+def checkpoint_path(run_dir: Path, name: str) -> Path:
+    """``run_dir``'s checkpoint ``name`` (best | avg | last); a missing one names those that exist."""
     if name not in CHECKPOINTS:
         raise ConfigError(f"checkpoint={name!r} is not allowed; choose one of: {', '.join(CHECKPOINTS)}")
     path = run_dir / ckpt_io.CKPT_DIR / f"{name}.pt"
@@ -96,7 +97,7 @@ def load_run(run_dir: Path | str, checkpoint: str | None = "best", data_dir: Pat
         raise EvaluationError(f"run_dir={run_dir} does not exist; pass the folder train.py wrote")
     cfg = load_config(run_dir)
     checkpoint = checkpoint or cfg.trainer.eval_checkpoint
-    ckpt_path = _checkpoint_path(run_dir, checkpoint)
+    ckpt_path = checkpoint_path(run_dir, checkpoint)
     try:
         data = PreparedData(data_dir if data_dir is not None else ensure_prepared(cfg.task.data))
     except (DataError, ConfigError) as e:
