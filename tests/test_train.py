@@ -17,6 +17,7 @@ from test_train_support import REPO, compose, env, run_cli, tiny_overrides
 
 from kernel_attention.config import TrainConfig
 from kernel_attention.kernels import KERNELS
+from kernel_attention.report.collect import parse_metrics
 from kernel_attention.training.loop import train
 
 RUN = Path("outputs") / "tiny_mt" / "transformer_tiny" / "edp" / "seed1"
@@ -45,6 +46,29 @@ def test_every_kernel_learns_on_both_tasks(tmp_path: Path, tiny_root: Path, kern
     assert metrics["status"] == "completed" and metrics["train"]["updates"] == 16 and len(hist) == 4
     assert hist[-1]["loss"] < hist[0]["loss"] - 0.05, hist
     assert metrics["kernel"]["properties"]["feature_dim"] == "inf" or metrics["kernel"]["properties"]["feature_dim"] > 0
+
+
+@pytest.mark.parametrize("spm", ["char", "unigram"])
+def test_lm_metric_is_bits_per_character_for_a_character_vocabulary(tmp_path: Path, tiny_root: Path, spm: str) -> None:
+    """A character LM reports bpc = nats/char ÷ ln 2 (in every validation entry and as the record's metric, so
+    the report compares bpc); a subword LM has no per-character unit and reports ppl."""
+    torch.set_num_threads(1)
+    overrides = [*tiny_overrides(tiny_root, "lm", updates=8), "trainer.validate_interval_updates=4",
+                 f"task.data.spm_model_type={spm}", "task.data.vocab_size=30", "trainer.average_last=0"]
+    assert train(TrainConfig.from_dict(compose(overrides)), tmp_path / "run") == "completed"
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    hist = m["valid"]["history"]
+    assert len(hist) == 2
+    if spm == "char":
+        assert m["task"]["metric"] == "bpc" and m["task"]["higher_is_better"] is False
+        for h in hist:
+            assert h["bpc"] == pytest.approx(h["loss"] / 0.6931471805599453, abs=2e-5)
+        assert m["valid"]["best_bpc"] == pytest.approx(min(h["bpc"] for h in hist))
+        # The report takes the record's metric: with no test section it falls back to valid.best_bpc.
+        run = parse_metrics(m, tmp_path / "run" / "metrics.json")
+        assert (run.metric, run.value, run.value_source) == ("bpc", m["valid"]["best_bpc"], "valid")
+    else:
+        assert m["task"]["metric"] == "ppl" and all("bpc" not in h for h in hist)
 
 
 def test_early_stopping_with_patience(tmp_path: Path, tiny_root: Path) -> None:

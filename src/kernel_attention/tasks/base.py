@@ -55,7 +55,7 @@ class Task:
     type: str  # the registered name (set by ``TASKS.register``)
     Config: type[TaskConfig] = TaskConfig
     architecture: str  # a ``kernel_attention.models.ARCHITECTURES`` name
-    metric: str  # the test number the report compares (a key of the test section)
+    metric: str  # the test number the report compares (a key of the test section; may be a property)
     higher_is_better: bool
     # Validation numbers that may pick best.pt (trainer.best_metric) → whether higher is better.
     valid_directions: ClassVar[Mapping[str, bool]] = {"loss": False}
@@ -78,10 +78,10 @@ class Task:
         """The longest sequence the model sees in training and what sets it (for the learned-positions check)."""
         raise NotImplementedError
 
-    @classmethod
-    def record(cls) -> dict[str, Any]:
-        """The ``task`` facts of metrics.json besides its name (docs/contracts.md §3)."""
-        return {"type": cls.type, "metric": cls.metric, "higher_is_better": cls.higher_is_better}
+    def record(self) -> dict[str, Any]:
+        """The ``task`` facts of metrics.json besides its name (docs/contracts.md §3). An instance method: the
+        metric may depend on the data (a character-level LM reports bits per character, a subword one ppl)."""
+        return {"type": self.type, "metric": self.metric, "higher_is_better": self.higher_is_better}
 
     # ---- instance: the data ---------------------------------------------------------------------------------
     def __init__(self, cfg: TaskConfig, data: PreparedData, label_smoothing: float = 0.0) -> None:
@@ -143,6 +143,10 @@ class Task:
             total += float(nll)
             count += ntok
         return total, count
+
+    def valid_from_loss(self, loss: float) -> dict[str, float]:
+        """Validation numbers derived from the whole split's mean NLL (nats/token), beside ``ppl``."""
+        return {}
 
     def valid_metrics(self, model: nn.Module, device: torch.device, autocast: Any = None) -> dict[str, float]:
         """Task-specific extras on rank 0 (translation: greedy BLEU); loss/ppl come from ``valid_loss``."""

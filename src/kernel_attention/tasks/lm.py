@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -44,7 +45,6 @@ class LanguageModelingTask(Task):
     type = "lm"
     Config = LMConfig
     architecture = "decoder_only"
-    metric = "ppl"
     higher_is_better = False
     valid_directions: ClassVar[Mapping[str, bool]] = {"loss": False}
     cfg: LMConfig
@@ -92,6 +92,16 @@ class LanguageModelingTask(Task):
     @property
     def char_level(self) -> bool:
         return bool(self.data.meta.get("char_level"))
+
+    @property
+    def metric(self) -> str:  # type: ignore[override]
+        # Character models are compared in bits per character (the field's unit: nanoGPT, enwik8 results);
+        # a subword vocabulary has no per-character unit, so it reports perplexity.
+        return "bpc" if self.char_level else "ppl"
+
+    def valid_from_loss(self, loss: float) -> dict[str, float]:
+        # bpc = nats per character / ln 2: each token of a character vocabulary is one character.
+        return {"bpc": loss / math.log(2)} if self.char_level else {}
 
     def _perplexity(self, model: nn.Module, stream: np.ndarray, opts: EvalOptions) -> dict[str, Any]:
         window = self.cfg.block_size

@@ -254,7 +254,7 @@ class Trainer:
             "run": {"name": self.run.name, "group": self.run.group, "dir": str(self.run_dir), "started_at": started},
             "kernel": {"name": cfg.kernel_name, "label": cfg.kernel_label, "params": kparams,
                        "properties": self.kernel_props},
-            "task": {"name": cfg.task.name, **type(self.task).record()},
+            "task": {"name": cfg.task.name, **self.task.record()},
             "seed": cfg.seed,
             "config": cfg.to_dict(),
             "model": {"preset": cfg.model.preset, "params": self.n_params, "d_model": cfg.model.d_model,
@@ -344,6 +344,7 @@ class Trainer:
         total, count = distributed.all_reduce_sum([total, float(count)], self.info, self.device)
         loss = total / max(count, 1.0)
         entry: dict[str, Any] = {"update": st.update, "loss": round(loss, 5), "ppl": round(safe_exp(loss), 4)}
+        entry.update({k: round(v, 5) for k, v in self.task.valid_from_loss(loss).items()})
         if self.info.is_main:
             entry.update({k: round(v, 4) for k, v in
                           self.task.valid_metrics(self.raw_model, self.device, self.autocast).items()})
