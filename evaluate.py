@@ -80,7 +80,7 @@ def main(cfg: DictConfig) -> None:
         with RunFolderLock(opts.run_dir):
             res = evaluate_run(**kwargs)
             if opts.diagnose:
-                from kernel_attention.diagnostics import DiagnoseConfig, diagnose_run
+                from kernel_attention.diagnostics.run import DiagnoseConfig, diagnose_run
 
                 diag = diagnose_run(opts.run_dir, DiagnoseConfig(checkpoint=opts.checkpoint, data_dir=opts.data_dir))
                 print(f"kernel diagnostics ({diag['sample']['n']} valid sequences, {diag['seconds']:.1f} s)  → "

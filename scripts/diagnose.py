@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from kernel_attention import cli
-from kernel_attention.diagnostics import DiagnoseConfig, diagnose_run, find_runs
+from kernel_attention.diagnostics.run import DiagnoseConfig, diagnose_run, find_runs
 from kernel_attention.registry import ConfigError, config_from_mapping
 from kernel_attention.training.lock import RunFolderLock
 

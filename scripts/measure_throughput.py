@@ -37,11 +37,11 @@ from kernel_attention.config import TrainConfig
 from kernel_attention.data import PreparedData, ensure_prepared
 from kernel_attention.report import ReportError
 from kernel_attention.store import atomic
+from kernel_attention.store.files import THROUGHPUT_FILE
 from kernel_attention.tasks import build_task
 from kernel_attention.training.lock import RunFolderLock
 from kernel_attention.training.optim import build_optimizer
 
-FILE = "throughput.json"
 FINISHED = ("completed", "diverged")  # a failed run may not have built at all
 
 
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                 skipped.append(str(run_dir))
                 continue
             try:
-                atomic.write_json(run_dir / FILE, {**common, "kernel": label, **res})
+                atomic.write_json(run_dir / THROUGHPUT_FILE, {**common, "kernel": label, **res})
             finally:
                 lock.release()
     for s in skipped:

@@ -343,7 +343,7 @@ def test_report_section_sentence_and_tables_follow_the_numbers(tmp_path: Path) -
 
 
 def test_find_runs_skips_report_folders_only_below_the_root(tmp_path: Path) -> None:
-    from kernel_attention.diagnostics import find_runs
+    from kernel_attention.diagnostics.run import find_runs
 
     root = tmp_path / "report" / "sweep"  # a root whose own path holds 'report' still finds its runs
     for rel in ("a", "b/c", "report/x"):

@@ -21,7 +21,8 @@ FORBIDDEN = {
     "evaluation.lm": ("training", "tasks", "report", "cli", "evaluation.evaluate"),
     "evaluation.options": ("training", "tasks", "report", "cli", "evaluation.evaluate"),
     "evaluation.evaluate": ("training", "report", "cli"),
-    "report": ("training", "tasks", "models", "data", "evaluation.evaluate", "cli"),
+    "report": ("training", "tasks", "models", "data", "evaluation.evaluate", "diagnostics", "cli"),
+    "diagnostics": ("training", "report", "cli"),
 }
 
 

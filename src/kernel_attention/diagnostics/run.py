@@ -25,24 +25,25 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from torch import Tensor, nn
 
 from kernel_attention.config import TrainConfig
 from kernel_attention.data import DataError, LMBlockDataset, PreparedData, TranslationDataset, ensure_prepared
 from kernel_attention.data.collate import collate_lm, collate_translation
-from kernel_attention.diagnostics import DIAGNOSTICS_FILE, DiagnosticsError, measure
-from kernel_attention.evaluation.evaluate import CHECKPOINTS, checkpoint_path, checkpoint_state
+from kernel_attention.diagnostics import measure
+from kernel_attention.diagnostics.errors import DiagnosticsError
+from kernel_attention.evaluation.evaluate import CHECKPOINTS, checkpoint_path, checkpoint_state, load_config
 from kernel_attention.kernels.base import Positions, kernel_properties
 from kernel_attention.models import build_model
 from kernel_attention.models.attention import MultiheadKernelAttention
 from kernel_attention.registry import ConfigError
 from kernel_attention.store import atomic
+from kernel_attention.store.files import DIAGNOSTICS_FILE, DIAGNOSTICS_ROLES
+from kernel_attention.store.metrics import git_commit, now_iso
 from kernel_attention.tasks import task_class
-from kernel_attention.training.metrics import git_commit, now_iso
 
 SCHEMA = 1
-ROLES = ("enc_self", "dec_self", "cross")
+ROLES = DIAGNOSTICS_ROLES
 SELF_ROLES = ("enc_self", "dec_self")
 DECAY_KEYS = ("sv_decay_K", "sv_decay_A")
 
@@ -220,17 +221,6 @@ def _mean(values: list[float | None]) -> float | None:
 
 
 # ---- run folders --------------------------------------------------------------------------------------------
-def load_run_config(run_dir: Path) -> TrainConfig:
-    path = run_dir / ".hydra" / "config.yaml"
-    if not path.is_file():
-        raise DiagnosticsError(f"{run_dir} is not a run folder (no .hydra/config.yaml); pass a folder that "
-                               "train.py wrote, or a sweep folder holding such folders")
-    try:
-        return TrainConfig.from_dict(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
-    except (ConfigError, yaml.YAMLError) as e:
-        raise DiagnosticsError(f"{path}: {str(e).splitlines()[0]}") from None
-
-
 def find_runs(folder: Path | str) -> list[Path]:
     """``folder`` itself if it is a run folder, else every run folder below it (sorted)."""
     folder = Path(folder)
@@ -283,12 +273,13 @@ def _sample_batches(cfg: TrainConfig, data: PreparedData, opts: DiagnoseConfig) 
 def diagnose_run(run_dir: Path | str, opts: DiagnoseConfig | None = None, *, write: bool = True) -> dict[str, Any]:
     """Measure ``run_dir``'s checkpoint and (``write``) store the result atomically in ``run_dir/diagnostics.json``.
     Everything is checked before anything is written; bad input raises ``DiagnosticsError`` / ``ConfigError``
-    (a missing or unreadable checkpoint: evaluation's ``EvaluationError``, the same exit code)."""
+    (a folder without a config, a missing or unreadable checkpoint: evaluation's ``EvaluationError``, the same
+    exit code)."""
     t0 = time.perf_counter()
     opts = opts or DiagnoseConfig()
     opts.validate()
     run_dir = Path(run_dir)
-    cfg = load_run_config(run_dir)
+    cfg = load_config(run_dir, fix="pass a folder that train.py wrote, or a sweep folder holding such folders")
     roles = opts.role_list()
     decoder_only = not _encoder_decoder(cfg)
     if decoder_only and "cross" in roles:

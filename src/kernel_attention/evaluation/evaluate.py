@@ -35,11 +35,14 @@ __all__ = ["CHECKPOINTS", "EvaluationError", "checkpoint_path", "checkpoint_stat
 CHECKPOINTS = ("best", "avg", "last")
 
 
-def load_config(run_dir: Path) -> TrainConfig:
+RUN_DIR_FIX = "pass run_dir=<a folder that train.py wrote, e.g. outputs/multi30k/transformer_small/edp/seed1>"
+
+
+def load_config(run_dir: Path, fix: str = RUN_DIR_FIX) -> TrainConfig:
+    """The run's resolved config (``.hydra/config.yaml``), typed; ``fix`` ends the message when there is none."""
     path = run_dir / ".hydra" / "config.yaml"
     if not path.is_file():
-        raise EvaluationError(f"{run_dir} is not a run folder (no .hydra/config.yaml); pass run_dir=<a folder "
-                              "that train.py wrote, e.g. outputs/multi30k/transformer_small/edp/seed1>")
+        raise EvaluationError(f"{run_dir} is not a run folder (no .hydra/config.yaml); {fix}")
     try:
         return TrainConfig.from_dict(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
     except (ConfigError, yaml.YAMLError) as e:

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-METRICS_FILE = "metrics.json"
+from kernel_attention.store.files import METRICS_FILE
+
 STATUSES = ("running", "completed", "diverged", "failed")
 # Kernel options that choose how a kernel is computed, not which kernel it is; they do not split groups.
 NON_IDENTITY_PARAMS = frozenset({"label", "path"})

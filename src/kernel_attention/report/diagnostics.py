@@ -23,9 +23,9 @@ from matplotlib.figure import Figure
 from scipy import stats
 
 from kernel_attention.report.collect import Run
+from kernel_attention.store.files import DIAGNOSTICS_FILE, DIAGNOSTICS_ROLES
 
-DIAGNOSTICS_FILE = "diagnostics.json"
-ROLES = ("enc_self", "dec_self", "cross")
+ROLES = DIAGNOSTICS_ROLES
 # (key in summary.all, column header); "K" is the token kernel matrix, "A" the row-normalised attention.
 COLUMNS = (
     ("asymmetry", "asym ‖K−Kᵀ‖/‖K‖"),

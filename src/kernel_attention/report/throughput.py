@@ -19,8 +19,7 @@ from matplotlib.figure import Figure
 
 from kernel_attention.report.plots import BASELINE_STYLE, STYLE
 from kernel_attention.report.tables import Row, TaskTable
-
-FILE = "throughput.json"
+from kernel_attention.store.files import THROUGHPUT_FILE
 
 
 @dataclass
@@ -32,7 +31,7 @@ class Speed:
 
 def _record(path: Path) -> dict[str, Any] | None:
     try:
-        data = json.loads((path / FILE).read_text(encoding="utf-8"))
+        data = json.loads((path / THROUGHPUT_FILE).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
     tps = data.get("tokens_per_s") if isinstance(data, dict) else None

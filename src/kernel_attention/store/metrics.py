@@ -18,9 +18,10 @@ from typing import Any
 import torch
 
 from kernel_attention.store import atomic
+from kernel_attention.store.files import METRICS_FILE
 
 SCHEMA = 1
-FILENAME = "metrics.json"
+FILENAME = METRICS_FILE
 STATUSES = ("running", "completed", "diverged", "failed")
 # Key order of docs/contracts.md §3 (readers do not care; humans reading the file do).
 ORDER = ("schema", "status", "status_reason", "run", "kernel", "task", "seed", "model", "train", "valid", "test",
