@@ -3,6 +3,7 @@
 
     python scripts/report.py outputs/                 # or: make report SWEEP=multirun/2024-01-01/12-00-00
     python scripts/report.py multirun/... --wandb     # also log the tables to W&B (WANDB_MODE, offline default)
+    python scripts/report.py outputs/sweeps/feature_dim outputs/sweeps/kernels_lm   # two sweeps as one report
 
 Prints the tables and the verdict, and writes <folder>/report/{REPORT.md, <task>.md/.csv/.tex/.png}. Bad input
 is one line on stderr with its kind's exit code (``kernel_attention.cli``).
@@ -23,8 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ap = cli.ArgumentParser(prog="scripts/report.py", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("folder", help="outputs folder or one sweep folder (searched recursively for metrics.json)")
-    ap.add_argument("--out", default=None, help="where to write the report (default: <folder>/report)")
+    ap.add_argument("folder", nargs="+", help="outputs folder or sweep folder(s), searched recursively for "
+                    "metrics.json; several folders (two sweeps that share runs) report as one")
+    ap.add_argument("--out", default=None, help="where to write the report (default: <first folder>/report)")
     ap.add_argument("--baseline", default="edp", help="kernel every other kernel is tested against")
     ap.add_argument("--bootstrap-samples", type=cli.positive_int, default=1000, help="paired bootstrap resamples")
     ap.add_argument("--seed", type=int, default=DEFAULT_SEED, help="bootstrap RNG seed (sacreBLEU's default)")

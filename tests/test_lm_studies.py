@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Glob
 from omegaconf import OmegaConf
 
 from kernel_attention.config import TrainConfig, register_schemas
@@ -44,6 +46,28 @@ def test_each_point_has_its_family_feature_dimension(point: str) -> None:
     assert (cfg.sweep, cfg.model.preset, cfg.model.d_model // cfg.model.heads) == ("feature_dim", "lm_cpu", D)
     kernel = build_kernel(cfg.kernel_name, D, cfg.kernel, heads=cfg.model.heads)
     assert kernel.feature_dim() == PLAN[point], (point, kernel.feature_dim())
+
+
+def _sweep_points(experiment: str, key: str, names: list[str]) -> list[str]:
+    """The values a sweep's ``hydra.sweeper.params.<key>`` expands to over ``names`` (Hydra's own parser)."""
+    params = OmegaConf.load(CONF / "experiment" / f"{experiment}.yaml").hydra.sweeper.params
+    value = OverridesParser.create().parse_override(f"{key}={params[key]}").value()
+    return value.filter(names) if isinstance(value, Glob) else list(value)
+
+
+def test_feature_dim_sweeps_every_point_kernels_lm_does_not_already_run() -> None:
+    """The points feature_dim skips are runs of kernels_lm with the same resolved config (bar the sweep name),
+    so the two-folder report has every planned point exactly once."""
+    kernels = sorted(p.stem for p in (CONF / "kernel").glob("*.yaml"))
+    assert _sweep_points("kernels_lm", "kernel", kernels) == kernels
+    swept = _sweep_points("feature_dim", "fdim", sorted(PLAN))
+    shared = sorted(set(PLAN) - set(swept))
+    assert shared == ["edp", "hedgehog_m32", "polynomial_p3", "rbf", "taylor_p2"]
+    for point in shared:
+        fd = _compose("experiment=feature_dim", f"fdim={point}").to_dict()
+        lm = _compose("experiment=kernels_lm", f"kernel={point.split('_')[0]}").to_dict()
+        assert fd.pop("sweep") == "feature_dim" and lm.pop("sweep") == "kernels_lm"
+        assert fd == lm, point
 
 
 def test_the_three_studies_share_the_nanogpt_setting() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import random
+import shutil
 import subprocess
 import sys
 import types
@@ -422,3 +423,27 @@ def test_other_test_sets_are_their_own_columns(tmp_path: Path) -> None:
     tex = (tmp_path / "out" / "wikitext2.tex").read_text()
     assert r"\begin{tabular}{llrccrrrrrrr}" in tex and r"& mine ppl $\downarrow$ &" in tex
     assert r"32.00 $\pm$ 2.00" in tex
+
+
+def test_two_sweeps_report_as_one_and_a_nested_folder_counts_once(tmp_path: Path, capsys: Any) -> None:
+    """feature_dim's report reads kernels_lm's folder too (the points they share run once): the groups are the
+    union, seeds are not double-counted when one folder lies inside the other, and the report lands in the
+    first folder."""
+    import runpy
+
+    a, b = tmp_path / "kernels_lm", tmp_path / "feature_dim"
+    for seed in SEEDS:
+        write(a, metrics("wikitext2", "edp", seed, LM_PPL["edp"][seed - 1]))
+        write(b, metrics("wikitext2", "linear", seed, LM_PPL["linear"][seed - 1]))
+    main = runpy.run_path(str(REPO / "scripts" / "report.py"))["main"]
+    assert main([str(b), str(a), str(a / "wikitext2"), "--no-plots", "--bootstrap-samples", "20"]) == 0
+    rep = (b / "report" / "REPORT.md").read_text()
+    assert f"Source: `{b}`, `{a}`, `{a / 'wikitext2'}`: 6 metrics.json file(s): 6 completed" in rep
+    with open(b / "report" / "wikitext2.csv", newline="") as f:
+        rows = {r["kernel"]: r for r in csv.DictReader(f)}
+    assert (rows["edp"]["n"], float(rows["edp"]["mean"])) == ("3", 21.0)  # edp seeds once, from kernels_lm
+    assert (rows["linear"]["n"], float(rows["linear"]["mean"])) == ("3", pytest.approx(31.1666666))
+    assert "infinite feature dimension wins" in capsys.readouterr().out
+    shutil.rmtree(b / "report")
+    assert _cli(str(b), str(tmp_path / "nope")).returncode == 4  # every folder is checked before writing
+    assert not (b / "report").exists()

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from kernel_attention.evaluation.bleu import DEFAULT_SEED
 from kernel_attention.report import diagnostics as diag
-from kernel_attention.report.collect import Collection, collect_runs, group_runs
+from kernel_attention.report.collect import Collection, collect_all, group_runs
 from kernel_attention.report.families import families, families_markdown, family_curves
 from kernel_attention.report.plots import metric_vs_featdim, valid_curves
 from kernel_attention.report.stats import ALPHA
@@ -92,12 +93,7 @@ def _task_section(t: TaskTable, v: TaskVerdict, measured: tuple[list[Speed], lis
 
 
 def _problems(c: Collection) -> str:
-    def rel(p: Path) -> str:
-        try:
-            return str(p.relative_to(c.root)) or "."
-        except ValueError:
-            return str(p)
-
+    rel = c.relative
     lines = []
     for r in c.runs:
         if r.status != "completed":
@@ -137,7 +133,7 @@ METHOD = f"""## Method
 
 
 def build_report(
-    folder: Path | str,
+    folder: Path | str | Sequence[Path | str],
     out_dir: Path | str | None = None,
     command: str | None = None,
     n_samples: int = 1000,
@@ -145,17 +141,23 @@ def build_report(
     baseline: str = BASELINE,
     plots: bool = True,
 ) -> Report:
-    """Collect every run below ``folder``, compute the tables, tests and verdict, and write
-    ``<out_dir or folder/report>/{REPORT.md, <task>.md, <task>.csv, <task>.tex, <task>_*.png}``.
+    """Collect every run below ``folder`` (or below each of several folders: two sweeps that share runs report
+    as one), compute the tables, tests and verdict, and write
+    ``<out_dir or first folder/report>/{REPORT.md, <task>.md, <task>.csv, <task>.tex, <task>_*.png}``.
 
-    Raises ``ReportError`` if ``folder`` is not a directory or holds no metrics.json at all."""
-    root = Path(folder)
-    if not root.is_dir():
-        raise ReportError(f"folder {str(root)!r} does not exist or is not a directory")
+    Raises ``ReportError`` if a folder is not a directory or they hold no metrics.json at all."""
+    roots = [Path(folder)] if isinstance(folder, (str, Path)) else [Path(f) for f in folder]
+    if not roots:
+        raise ReportError("no folder given; pass an outputs or sweep folder")
+    for r in roots:
+        if not r.is_dir():
+            raise ReportError(f"folder {str(r)!r} does not exist or is not a directory")
+    root = roots[0]
     out = Path(out_dir) if out_dir is not None else root / "report"
-    c = collect_runs(root)
+    c = collect_all(roots)
+    where = ", ".join(repr(str(r)) for r in roots)
     if c.n_metrics_files == 0:
-        raise ReportError(f"no metrics.json found under {str(root)!r}; nothing to report")
+        raise ReportError(f"no metrics.json found under {where}; nothing to report")
 
     tables: dict[str, TaskTable] = {}
     verdicts: dict[str, TaskVerdict] = {}
@@ -202,8 +204,8 @@ def build_report(
     md = "\n".join(
         [
             "# Kernel comparison report\n",
-            f"Produced by `{command or 'build_report(' + repr(str(root)) + ')'}` on {now}.\n",
-            f"Source: `{root}`: {_counts(c)}\n",
+            f"Produced by `{command or 'build_report(' + where + ')'}` on {now}.\n",
+            f"Source: {', '.join(f'`{r}`' for r in roots)}: {_counts(c)}\n",
             "## Verdict\n",
             overall(list(verdicts.values())) + "\n",
             *[f"- {v.text}" for v in verdicts.values()],

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,11 +112,21 @@ class KernelGroup:
 
 @dataclass
 class Collection:
-    """Everything found under one folder."""
+    """Everything found under one folder (``root``), or under several (``roots``; ``root`` is the first)."""
 
     root: Path
     runs: list[Run]
     problems: list[Problem]
+    roots: list[Path] = field(default_factory=list)
+
+    def relative(self, p: Path) -> str:
+        """``p`` relative to the root that holds it (the path itself when none does)."""
+        for root in self.roots or [self.root]:
+            try:
+                return str(p.relative_to(root)) or "."
+            except ValueError:
+                continue
+        return str(p)
 
     @property
     def n_metrics_files(self) -> int:
@@ -231,7 +241,26 @@ def collect_runs(root: Path | str) -> Collection:
         job = hydra_dir.parent
         if hydra_dir.is_dir() and not (job / METRICS_FILE).exists():
             problems.append(Problem(job, "no_metrics", "job folder without metrics.json (still starting, or killed)"))
-    return Collection(root=root, runs=runs, problems=problems)
+    return Collection(root=root, runs=runs, problems=problems, roots=[root])
+
+
+def collect_all(roots: Sequence[Path | str]) -> Collection:
+    """``collect_runs`` over several folders (e.g. two sweeps that share runs): a folder found twice (one root
+    inside another) counts once."""
+    parts = [collect_runs(r) for r in roots]
+    seen: set[Path] = set()
+    runs, problems = [], []
+    for c in parts:
+        for r in c.runs:
+            if r.path.resolve() not in seen:
+                seen.add(r.path.resolve())
+                runs.append(r)
+    for c in parts:
+        for p in c.problems:
+            if p.path.resolve() not in seen:
+                seen.add(p.path.resolve())
+                problems.append(p)
+    return Collection(root=parts[0].root, runs=runs, problems=problems, roots=[c.root for c in parts])
 
 
 def _display(label: str, params: dict[str, Any]) -> str:
