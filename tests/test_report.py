@@ -295,6 +295,19 @@ def test_grouping_by_params_and_latest_duplicate_seed(tmp_path: Path) -> None:
     assert groups["rbf(gamma=1.0)"].values == [30.0]  # the rerun of seed 1 replaced the older run
 
 
+def test_a_null_setting_and_a_missing_one_are_the_same_kernel(tmp_path: Path) -> None:
+    """Records of runs resumed before the writer kept nulls lack ``scale``; fresh ones say ``scale: null``."""
+    for seed, params in ((1, {}), (2, {"scale": None}), (3, {"scale": None})):
+        d = metrics("wikitext2", "rbf", seed, 30.0 + seed)
+        d["kernel"]["params"] = params
+        write(tmp_path, d)
+    d = metrics("wikitext2", "rbf", 1, 40.0)
+    d["kernel"]["params"] = {"scale": 2.0}
+    write(tmp_path, d, sub="other")
+    groups = {g.label: g for g in group_runs(collect_runs(tmp_path).runs)["wikitext2"]}
+    assert sorted(groups) == ["rbf", "rbf(scale=2.0)"] and groups["rbf"].values == [31.0, 32.0, 33.0]
+
+
 def test_valid_fallback_is_marked(tmp_path: Path) -> None:
     d = metrics("wikitext2", "edp", 1, 25.0)
     del d["test"]  # not evaluated yet: report valid.best_ppl

@@ -13,7 +13,7 @@ import torch
 
 from kernel_attention.config import OptimConfig
 from kernel_attention.store import checkpoint
-from kernel_attention.store.metrics import read_metrics, update_metrics
+from kernel_attention.store.metrics import DELETE, read_metrics, update_metrics
 from kernel_attention.tasks import label_smoothed_nll
 from kernel_attention.training.optim import LRSchedule
 
@@ -49,6 +49,18 @@ def test_update_metrics_merges_atomically(tmp_path: Path) -> None:
     assert list(out)[:2] == ["schema", "status"] and not list(tmp_path.glob(".*tmp"))
     with pytest.raises(ValueError):
         update_metrics(tmp_path, {"status": "weird"})
+
+
+def test_update_metrics_keeps_none_settings_and_deletes_only_on_request(tmp_path: Path) -> None:
+    """A resumed run rewrites its kernel/env sections over the old ones: a None setting must survive as null
+    (it used to delete the key, so a resumed exp_l1 run lost ``scale`` and the report split it from its seeds)."""
+    fresh = {"kernel": {"name": "exp_l1", "params": {"path": "auto", "scale": None}}, "env": {"cuda": None}}
+    update_metrics(tmp_path, fresh)
+    out = update_metrics(tmp_path, {**fresh, "status_reason": "x"})  # the resume: same sections again
+    assert out["kernel"]["params"] == {"path": "auto", "scale": None} and out["env"] == {"cuda": None}
+    out = update_metrics(tmp_path, {"status_reason": DELETE, "env": {"cuda": DELETE}})
+    assert "status_reason" not in out and out["env"] == {}
+    assert json.loads((tmp_path / "metrics.json").read_text())["kernel"]["params"]["scale"] is None
 
 
 def test_rng_state_roundtrip_through_weights_only_checkpoint(tmp_path: Path) -> None:

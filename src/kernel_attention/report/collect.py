@@ -51,7 +51,10 @@ class Run:
 
     @property
     def identity_params(self) -> dict[str, Any]:
-        return {k: v for k, v in sorted(self.kernel_params.items()) if k not in NON_IDENTITY_PARAMS}
+        # A None setting (kernel.scale: null = the default) is dropped: records of runs resumed before the
+        # metrics writer kept nulls lack the key, and both mean the same kernel.
+        return {k: v for k, v in sorted(self.kernel_params.items())
+                if k not in NON_IDENTITY_PARAMS and v is not None}
 
 
 @dataclass

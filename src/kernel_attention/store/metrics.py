@@ -41,11 +41,21 @@ def read_metrics(run_dir: Path | str) -> dict[str, Any]:
         return json.load(f)
 
 
+class _Delete:
+    def __repr__(self) -> str:
+        return "DELETE"
+
+
+# A patch value that removes its key. ``None`` is a value like any other (stored as null): a recorded setting may
+# be None (kernel.scale: null = √d), and a resumed run's record must say so exactly as a fresh run's does.
+DELETE: Any = _Delete()
+
+
 def _merge(base: dict[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
-    """Recursive dict merge; a value of ``None`` in ``patch`` deletes the key."""
+    """Recursive dict merge; a value of ``DELETE`` in ``patch`` removes the key."""
     out = dict(base)
     for key, value in patch.items():
-        if value is None:
+        if value is DELETE:
             out.pop(key, None)
         elif isinstance(value, Mapping) and isinstance(out.get(key), dict):
             out[key] = _merge(out[key], value)

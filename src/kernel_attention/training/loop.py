@@ -28,7 +28,7 @@ from kernel_attention.config import TrainConfig
 from kernel_attention.data import PreparedData, ensure_prepared
 from kernel_attention.kernels import draw_state_keys, kernel_properties
 from kernel_attention.store import checkpoint
-from kernel_attention.store.metrics import environment, now_iso, read_metrics, update_metrics
+from kernel_attention.store.metrics import DELETE, environment, now_iso, read_metrics, update_metrics
 from kernel_attention.tasks import Task, build_task
 from kernel_attention.tasks.base import safe_exp, to_device
 from kernel_attention.training import distributed
@@ -250,7 +250,7 @@ class Trainer:
         kparams = {k: v for k, v in asdict(cfg.kernel).items() if k != "label"}
         started = read_metrics(self.run_dir).get("run", {}).get("started_at") or now_iso()
         update_metrics(self.run_dir, {
-            "status": "running", "status_reason": None,
+            "status": "running", "status_reason": DELETE,
             "run": {"name": self.run.name, "group": self.run.group, "dir": str(self.run_dir), "started_at": started},
             "kernel": {"name": cfg.kernel_name, "label": cfg.kernel_label, "params": kparams,
                        "properties": self.kernel_props},
