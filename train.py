@@ -125,12 +125,14 @@ def _job_error(run_dir: Path, dcfg: DictConfig, e: BaseException, *, multirun: b
     _reject(run_dir, e)
 
 
-def _task_record(task_type: object) -> dict:
-    """The task facts of a failure record: the type and, for a registered one, its metric and direction."""
+def _task_record(task: dict) -> dict:
+    """The task facts of a failure record (from the raw task mapping): the type and, for a registered one, its
+    metric and direction."""
     from kernel_attention.tasks import TASKS
 
+    task_type = task.get("type")
     if isinstance(task_type, str) and task_type in TASKS:
-        return TASKS.get(task_type).record()
+        return TASKS.get(task_type).record(task)
     return {"type": task_type}
 
 
@@ -156,7 +158,7 @@ def _job_failed(run_dir: Path, dcfg: DictConfig, e: BaseException, *, record: bo
                     "run": {"name": run_dir.name, "dir": str(run_dir), "started_at": now_iso()},
                     "kernel": {"name": kernel.get("name"), "label": kernel.get("label") or kernel.get("name"),
                                "params": {k: v for k, v in kernel.items() if k not in ("name", "label", "path")}},
-                    "task": {"name": task.get("name"), **_task_record(task.get("type"))},
+                    "task": {"name": task.get("name"), **_task_record(task)},
                     "seed": raw.get("seed"),
                 })
         finally:

@@ -2,6 +2,7 @@
 """Training throughput of every kernel of a sweep, measured under the same conditions, into each run folder.
 
     OMP_NUM_THREADS=1 python scripts/measure_throughput.py outputs/sweeps/kernels_mt       # after the sweep
+    OMP_NUM_THREADS=1 python scripts/measure_throughput.py outputs/sweeps/feature_dim outputs/sweeps/kernels_lm
     python scripts/measure_throughput.py outputs/sweeps/kernels_mt --rounds 7 --steps 6 --threads 2
 
 The tokens/s a run logs while it trains depends on what else the machine ran meanwhile (other sweep jobs, tests),
@@ -45,18 +46,29 @@ from kernel_attention.training.optim import build_optimizer
 FINISHED = ("completed", "diverged")  # a failed run may not have built at all
 
 
-def finished_runs(root: Path) -> dict[str, list[tuple[Path, dict[str, Any]]]]:
-    """Finished runs below ``root`` (each with its resolved config) grouped by that config without the seed:
-    one group = one kernel setting."""
+def _no_nulls(x: Any) -> Any:
+    # A null option and a missing one are the same setting (records of runs resumed before metrics.json kept
+    # nulls lack them), so they must not split one kernel setting into two measured "kernels".
+    return {k: _no_nulls(v) for k, v in x.items() if v is not None} if isinstance(x, dict) else x
+
+
+def finished_runs(*roots: Path) -> dict[str, list[tuple[Path, dict[str, Any]]]]:
+    """Finished runs below each root (each with its resolved config) grouped by that config without the seed and
+    the sweep name: one group = one kernel setting, also across sweeps that share runs (kernels_lm and
+    feature_dim)."""
     groups: dict[str, list[tuple[Path, dict[str, Any]]]] = {}
-    for m in sorted(root.rglob("metrics.json")):
+    seen: set[Path] = set()
+    for m in sorted({p for root in roots for p in root.rglob("metrics.json")}):
+        if m.resolve() in seen:
+            continue
+        seen.add(m.resolve())
         try:
             data = json.loads(m.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
             continue
         config = data.get("config") or _hydra_config(m.parent)  # records before schema 1's config: .hydra/
         if data.get("status") in FINISHED and isinstance(config, dict):
-            key = {k: v for k, v in config.items() if k not in ("seed", "sweep", "logger")}
+            key = _no_nulls({k: v for k, v in config.items() if k not in ("seed", "sweep", "logger")})
             groups.setdefault(json.dumps(key, sort_keys=True, default=str), []).append((m.parent, config))
     return groups
 
@@ -109,18 +121,21 @@ def measure(subjects: dict[str, Subject], batches: list[dict[str, Any]], steps: 
 
 def main(argv: list[str] | None = None) -> int:
     ap = cli.ArgumentParser(prog="scripts/measure_throughput.py", description=__doc__.split("\n")[0])
-    ap.add_argument("sweep", type=Path, help="a sweep folder (e.g. outputs/sweeps/kernels_mt)")
+    ap.add_argument("sweep", type=Path, nargs="+", help="a sweep folder (e.g. outputs/sweeps/kernels_mt), or "
+                    "several that report together (feature_dim and kernels_lm): all timed in the same rounds")
     ap.add_argument("--steps", type=cli.positive_int, default=4, help="timed updates per kernel per round")
     ap.add_argument("--rounds", type=cli.positive_int, default=5)
     ap.add_argument("--batches", type=cli.positive_int, default=8, help="distinct training batches, cycled")
     ap.add_argument("--threads", type=cli.positive_int, default=1)
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
-    if not args.sweep.is_dir():
-        raise ReportError(f"{args.sweep} is not a folder; pass a sweep folder (e.g. outputs/sweeps/kernels_mt)")
-    groups = finished_runs(args.sweep)
+    for sweep in args.sweep:
+        if not sweep.is_dir():
+            raise ReportError(f"{sweep} is not a folder; pass a sweep folder (e.g. outputs/sweeps/kernels_mt)")
+    where = " ".join(str(s) for s in args.sweep)
+    groups = finished_runs(*args.sweep)
     if not groups:
-        raise ReportError(f"no finished run (metrics.json with its config) under {args.sweep}; train first")
+        raise ReportError(f"no finished run (metrics.json with its config) under {where}; train first")
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     subjects, members = {}, {}
@@ -134,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         subjects[label], members[label] = Subject(cfg, device), paths
     tasks = {json.dumps(s.cfg.task.data.__dict__, sort_keys=True, default=str) for s in subjects.values()}
     if len(tasks) > 1:
-        raise ReportError(f"{args.sweep} mixes {len(tasks)} data sets; measure one task's sweep at a time")
+        raise ReportError(f"{where} mixes {len(tasks)} data sets; measure one task's sweep at a time")
     first = next(iter(subjects.values()))
     sampler = first.task.train_sampler(0)
     sampler.set_epoch(1)

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import Glob
 from omegaconf import OmegaConf
 
 from kernel_attention.config import TrainConfig, register_schemas
@@ -48,26 +47,57 @@ def test_each_point_has_its_family_feature_dimension(point: str) -> None:
     assert kernel.feature_dim() == PLAN[point], (point, kernel.feature_dim())
 
 
-def _sweep_points(experiment: str, key: str, names: list[str]) -> list[str]:
-    """The values a sweep's ``hydra.sweeper.params.<key>`` expands to over ``names`` (Hydra's own parser)."""
-    params = OmegaConf.load(CONF / "experiment" / f"{experiment}.yaml").hydra.sweeper.params
-    value = OverridesParser.create().parse_override(f"{key}={params[key]}").value()
-    return value.filter(names) if isinstance(value, Glob) else list(value)
+def _sweeps(experiment: str) -> dict[str, str]:
+    """The composed ``hydra.sweeper.params`` of an experiment (what ``-m`` sweeps, inherited params included)."""
+    register_schemas()
+    with initialize_config_dir(str(CONF), version_base=None):
+        cfg = compose("train", overrides=[f"experiment={experiment}"], return_hydra_config=True)
+    return dict(OmegaConf.to_container(cfg.hydra.sweeper.params))
+
+
+def _expand(group: str, value: str) -> list[str]:
+    """What Hydra's sweeper expands ``group=value`` to (lists, and glob() over the config group's files)."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.utils import create_config_search_path
+
+    loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(CONF)))
+    override = OverridesParser.create(config_loader=loader).parse_overrides([f"{group}={value}"])[0]
+    return list(override.sweep_string_iterator())
+
+
+def _no_label(cfg: TrainConfig) -> dict:
+    d = cfg.to_dict()
+    d.pop("sweep")
+    d["kernel"].pop("label")  # a preset's display name (quadratic = polynomial p=2), not a setting
+    return d
+
+
+def test_each_study_sweeps_only_its_own_axes() -> None:
+    """An experiment's sweep params merge from the files it includes and cannot be removed, so each study must
+    sweep exactly its axes (feature_dim once inherited kernels_lm's kernel=glob(*): 14 × 22 × 3 jobs)."""
+    kernels = sorted(p.stem for p in (CONF / "kernel").glob("*.yaml"))
+    lm, fd, long = _sweeps("kernels_lm"), _sweeps("feature_dim"), _sweeps("long_context")
+    assert set(lm) == {"kernel", "seed"} and _expand("kernel", lm["kernel"]) == kernels
+    assert set(fd) == {"fdim", "seed"} and set(long) == {"kernel", "seed"}
+    assert len(_expand("fdim", fd["fdim"])) * len(_expand("seed", fd["seed"])) == 48
+    assert len(_expand("kernel", long["kernel"])) * len(_expand("seed", long["seed"])) == 18
 
 
 def test_feature_dim_sweeps_every_point_kernels_lm_does_not_already_run() -> None:
-    """The points feature_dim skips are runs of kernels_lm with the same resolved config (bar the sweep name),
-    so the two-folder report has every planned point exactly once."""
-    kernels = sorted(p.stem for p in (CONF / "kernel").glob("*.yaml"))
-    assert _sweep_points("kernels_lm", "kernel", kernels) == kernels
-    swept = _sweep_points("feature_dim", "fdim", sorted(PLAN))
-    shared = sorted(set(PLAN) - set(swept))
-    assert shared == ["edp", "hedgehog_m32", "polynomial_p3", "rbf", "taylor_p2"]
-    for point in shared:
-        fd = _compose("experiment=feature_dim", f"fdim={point}").to_dict()
-        lm = _compose("experiment=kernels_lm", f"kernel={point.split('_')[0]}").to_dict()
-        assert fd.pop("sweep") == "feature_dim" and lm.pop("sweep") == "kernels_lm"
-        assert fd == lm, point
+    """The points feature_dim skips are exactly those equal to a kernels_lm run (same resolved config bar the
+    sweep name and the display label), so the two-folder report has every planned point once."""
+    lm_runs = {k.stem: _no_label(_compose("experiment=kernels_lm", f"kernel={k.stem}"))
+               for k in sorted((CONF / "kernel").glob("*.yaml"))}
+    shared = {}
+    for point in sorted(PLAN):
+        cfg = _no_label(_compose("experiment=feature_dim", f"fdim={point}"))
+        same = [k for k, run in lm_runs.items() if run == cfg]
+        if same:
+            shared[point] = same
+    assert shared == {"edp": ["edp"], "hedgehog_m32": ["hedgehog"], "polynomial_p2": ["quadratic"],
+                      "polynomial_p3": ["polynomial"], "rbf": ["rbf"], "taylor_p2": ["taylor"]}
+    swept = _expand("fdim", _sweeps("feature_dim")["fdim"])
+    assert sorted(swept) == sorted(set(PLAN) - set(shared))
 
 
 def test_the_three_studies_share_the_nanogpt_setting() -> None:

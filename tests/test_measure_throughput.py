@@ -64,3 +64,24 @@ def test_a_folder_without_finished_runs_is_one_line(tmp_path: Path) -> None:
     proc = _measure(tmp_path, tmp_path)
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert proc.returncode == 4 and len(lines) == 1 and "no finished run" in lines[0], proc.stderr
+
+
+def test_two_sweeps_are_timed_as_one_and_a_null_option_does_not_split_a_kernel(tmp_path: Path) -> None:
+    """feature_dim + kernels_lm are measured in the same rounds: a kernel setting run in either sweep is one
+    group (the sweep name is not a setting), a record without a null option (a run resumed before metrics.json
+    kept nulls) joins its fresh seeds, and a folder reached twice counts once."""
+    import runpy
+
+    finished_runs = runpy.run_path(str(SCRIPT))["finished_runs"]
+    cfg = {"kernel": {"name": "exp_l1", "scale": None}, "task": {"name": "t"}, "seed": 1, "sweep": "kernels_lm"}
+    records = {"kernels_lm/a": cfg, "kernels_lm/b": {**cfg, "seed": 2, "kernel": {"name": "exp_l1"}},
+               "feature_dim/c": {**cfg, "seed": 3, "sweep": "feature_dim"},
+               "feature_dim/d": {**cfg, "kernel": {"name": "exp_l1", "scale": 2.0}, "sweep": "feature_dim"},
+               "feature_dim/e": {**cfg, "kernel": {"name": "edp"}}}
+    for sub, config in records.items():
+        (tmp_path / sub).mkdir(parents=True)
+        status = "failed" if sub.endswith("e") else "completed"  # a failed run may not have built: not timed
+        (tmp_path / sub / "metrics.json").write_text(json.dumps({"status": status, "config": config}))
+    groups = finished_runs(tmp_path / "kernels_lm", tmp_path / "feature_dim", tmp_path / "kernels_lm" / "a")
+    members = sorted(sorted(p.name for p, _ in runs) for runs in groups.values())
+    assert members == [["a", "b", "c"], ["d"]]

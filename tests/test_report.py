@@ -23,7 +23,7 @@ from scipy import stats as sps
 
 from kernel_attention.evaluation.bleu import bleu_from_stats, bleu_stats
 from kernel_attention.report import ReportError, build_report, collect_runs, group_runs
-from kernel_attention.report.tables import p_eq
+from kernel_attention.report.tables import p_eq, to_markdown
 
 REPO = Path(__file__).resolve().parents[1]
 PROPS = {  # kernel label -> (name, params, feature_dim at head_dim 16, symmetric, positive_definite)
@@ -306,6 +306,23 @@ def test_a_null_setting_and_a_missing_one_are_the_same_kernel(tmp_path: Path) ->
     write(tmp_path, d, sub="other")
     groups = {g.label: g for g in group_runs(collect_runs(tmp_path).runs)["wikitext2"]}
     assert sorted(groups) == ["rbf", "rbf(scale=2.0)"] and groups["rbf"].values == [31.0, 32.0, 33.0]
+
+
+def test_runs_of_one_task_with_different_metrics_are_never_averaged(tmp_path: Path) -> None:
+    """A character LM recorded as ppl (before it reported bpc) and one recorded as bpc: two tables."""
+    for seed in SEEDS:
+        write(tmp_path / "old", metrics("wikitext2", "edp", seed, 3.5 + seed / 10))  # ppl
+        d = metrics("wikitext2", "linear", seed, 1.8 + seed / 10)
+        d["task"]["metric"] = "bpc"
+        d["test"] = {"checkpoint": "last", "split": "test", "n": 9, "bpc": d["test"].pop("ppl")}
+        write(tmp_path / "new", d)
+    rep = build_report(tmp_path, plots=False, n_samples=20)
+    assert sorted(rep.tables) == ["wikitext2 [bpc]", "wikitext2 [ppl]"]
+    assert [r.kernel for r in rep.tables["wikitext2 [bpc]"].rows] == ["linear"]
+    assert rep.tables["wikitext2 [ppl]"].metric == "ppl" and rep.tables["wikitext2 [bpc]"].metric == "bpc"
+    # bpc prints 3 decimals (seed spreads are ~0.01 bpc); ppl keeps 2
+    assert "| 2.000 ± 0.100 |" in to_markdown(rep.tables["wikitext2 [bpc]"])
+    assert "| 3.70 ± 0.10 |" in to_markdown(rep.tables["wikitext2 [ppl]"])
 
 
 def test_valid_fallback_is_marked(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 import torch
 
+from kernel_attention.data.config import DataConfig
 from kernel_attention.evaluation.bleu import is_tokenized_lowercased
 from kernel_attention.models import ModelConfig, build_model
 from kernel_attention.tasks import TASKS, LMConfig, TranslationConfig, make_task_config
@@ -21,6 +22,16 @@ def test_registry_holds_both_task_types_with_their_own_configs() -> None:
     assert mt_only == {"valid_bleu_samples", "max_len_a", "max_len_b"} and lm_only == {"block_size"}
     assert (mt.metric, mt.higher_is_better, mt.architecture) == ("bleu", True, "encoder_decoder")
     assert (lm.higher_is_better, lm.architecture) == (False, "decoder_only")
+    assert mt.record({"name": "m"}) == {"type": "translation", "metric": "bleu", "higher_is_better": True}
+
+
+@pytest.mark.parametrize("spm, metric", [("char", "bpc"), ("unigram", "ppl"), ("bpe", "ppl")])
+def test_an_lm_reports_bpc_exactly_when_its_vocabulary_is_characters(spm: str, metric: str) -> None:
+    """The typed config (training) and the raw mapping (a failed sweep job's record) give the same answer."""
+    lm = TASKS.get("lm")
+    raw = {"name": "x", "type": "lm", "block_size": 8, "max_tokens": 64, "data": {"spm_model_type": spm}}
+    typed = make_task_config(raw, data=DataConfig(task="x", type="lm", spm_model_type=spm))
+    assert lm.record(raw) == lm.record(typed) == {"type": "lm", "metric": metric, "higher_is_better": False}
 
 
 def test_task_config_is_its_types_dataclass() -> None:

@@ -161,7 +161,8 @@ def test_sigterm_checkpoints_and_relaunch_resumes(tmp_path: Path, tiny_root: Pat
     assert f"resumed at update {stopped_at}" in resumed.stdout + resumed.stderr
     m = json.loads((tmp_path / RUN / "metrics.json").read_text())
     assert m["status"] == "completed" and m["train"]["updates"] == stopped_at + 3
-    assert "cuda" in m["env"] and m["env"]["cuda"] is None  # the resume's rewrite keeps null settings
+    # the resume's rewrite keeps null settings (env.cuda is null on a machine without CUDA)
+    assert "cuda" in m["env"] and m["env"]["cuda"] == (torch.version.cuda if torch.cuda.is_available() else None)
 
 
 def test_shared_error_path_leaks_no_traceback_switch_into_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

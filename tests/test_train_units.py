@@ -61,6 +61,8 @@ def test_update_metrics_keeps_none_settings_and_deletes_only_on_request(tmp_path
     out = update_metrics(tmp_path, {"status_reason": DELETE, "env": {"cuda": DELETE}})
     assert "status_reason" not in out and out["env"] == {}
     assert json.loads((tmp_path / "metrics.json").read_text())["kernel"]["params"]["scale"] is None
+    out = update_metrics(tmp_path, {"test": {"bleu": 1.0, "old": DELETE}, "env": {"x": {"y": DELETE, "z": 1}}})
+    assert out["test"] == {"bleu": 1.0} and out["env"] == {"x": {"z": 1}}  # a marker under a new key: gone too
 
 
 def test_rng_state_roundtrip_through_weights_only_checkpoint(tmp_path: Path) -> None:

@@ -307,7 +307,8 @@ def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[s
         # holds the other type's options (an LM run's task.max_len_a), which never acted on that run.
         return key in LEGACY_TASK_OPTIONS and key in a and key not in b
 
-    # An unset option (None) and a missing one are the same setting (metrics.json drops None values).
+    # An unset option (None) and a missing one are the same setting (records of runs resumed before metrics.json
+    # kept null values lack them).
     return sorted(k for k in set(a) | set(b) if not ignored(k) and not dropped(k) and a.get(k) != b.get(k))
 
 

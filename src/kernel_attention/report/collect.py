@@ -275,14 +275,22 @@ def _display(label: str, params: dict[str, Any]) -> str:
 def group_runs(runs: Iterable[Run]) -> dict[str, list[KernelGroup]]:
     """Group runs by task, then by kernel (label, or name) + identity params; seeds are the runs of a group.
 
-    A label shared by two parameter settings on one task gets the params appended so rows stay distinct."""
+    A label shared by two parameter settings on one task gets the params appended so rows stay distinct. Runs of
+    one task that report different metrics (a character LM recorded as ppl before it reported bpc) are never
+    averaged together: each metric becomes its own table, ``<task> [<metric>]``."""
+    runs = list(runs)
+    metrics: dict[str, set[str]] = {}
+    for r in runs:
+        if r.metric:
+            metrics.setdefault(r.task, set()).add(r.metric)
     groups: dict[str, dict[tuple[str, str, str], KernelGroup]] = {}
     for r in runs:
         params = r.identity_params
         key = (r.kernel_name, r.kernel_label, json.dumps(params, sort_keys=True, default=str))
-        task_groups = groups.setdefault(r.task, {})
+        task = f"{r.task} [{r.metric or '?'}]" if len(metrics.get(r.task, ())) > 1 else r.task
+        task_groups = groups.setdefault(task, {})
         if key not in task_groups:
-            task_groups[key] = KernelGroup(r.task, r.kernel_name, r.kernel_label, params)
+            task_groups[key] = KernelGroup(task, r.kernel_name, r.kernel_label, params)
         task_groups[key].runs.append(r)
     out: dict[str, list[KernelGroup]] = {}
     for task in sorted(groups):

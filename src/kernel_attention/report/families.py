@@ -47,11 +47,11 @@ def infinite_rows(t: TaskTable) -> list[Row]:
     return [r for r in t.rows if r.source.feature_dim is not None and math.isinf(r.source.feature_dim)]
 
 
-def _cell(r: Row) -> str:
+def _cell(r: Row, digits: int = 2) -> str:
     if r.summary.n == 0:
         return "—"
-    std = "" if math.isnan(r.summary.std) else f" ± {r.summary.std:.2f}"
-    return f"{r.summary.mean:.2f}{std}"
+    std = "" if math.isnan(r.summary.std) else f" ± {r.summary.std:.{digits}f}"
+    return f"{r.summary.mean:.{digits}f}{std}"
 
 
 def families_markdown(t: TaskTable) -> str:
@@ -69,14 +69,14 @@ def families_markdown(t: TaskTable) -> str:
         for r in f.rows:
             params = ", ".join(f"{k}={v}" for k, v in r.source.params.items()) or "default"
             dim = "∞" if math.isinf(_dim(r)) else ("?" if math.isnan(_dim(r)) else f"{_dim(r):,.0f}")
-            gap = (f"{r.summary.mean - base.summary.mean:+.2f}" if base is not None and base.summary.n
+            gap = (f"{r.summary.mean - base.summary.mean:+.{t.digits}f}" if base is not None and base.summary.n
                    and r.summary.n else "—")  # fmt: skip
-            lines.append(f"| {params} | {dim} | {_cell(r)} | {r.summary.n} | {r.diverged} | {gap} |")
+            lines.append(f"| {params} | {dim} | {_cell(r, t.digits)} | {r.summary.n} | {r.diverged} | {gap} |")
         parts.append("\n".join(lines) + "\n")
     refs = infinite_rows(t)
     if refs:
-        parts.append("Infinite-dimensional references: "
-                     + "; ".join(f"{r.kernel} {_cell(r)} (n={r.summary.n})" for r in refs) + ".\n")  # fmt: skip
+        cells = [f"{r.kernel} {_cell(r, t.digits)} (n={r.summary.n})" for r in refs]
+        parts.append("Infinite-dimensional references: " + "; ".join(cells) + ".\n")
     return "\n".join(parts)
 
 

@@ -69,6 +69,11 @@ class TaskTable:
         return self.metric.upper() if self.metric == "bleu" else self.metric
 
     @property
+    def digits(self) -> int:
+        """Decimals to print: 3 for bits per character (seed spreads are ~0.01 bpc), 2 for BLEU and ppl."""
+        return 3 if self.metric == "bpc" else 2
+
+    @property
     def metric_header(self) -> str:
         return f"{self.unit} {'↑' if self.higher_is_better else '↓'}"
 
@@ -133,7 +138,7 @@ def build_task_table(
             r.welch_p = welch_p(base.source.values, r.source.values)
             r.bootstrap = bootstrap_vs(base.source, r.source, n_samples=n_samples, seed=seed)
     head_dims = sorted({r.head_dim for g in groups for r in g.runs if isinstance(r.head_dim, int)})
-    return TaskTable(first.task, first.task_type, first.metric, first.higher_is_better, head_dims, base, rows,
+    return TaskTable(groups[0].task, first.task_type, first.metric, first.higher_is_better, head_dims, base, rows,
                      test_sets)
 
 
@@ -165,11 +170,11 @@ def fmt_params(n: int | None) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k"
 
 
-def fmt_value(s: Summary, pm: str = "±") -> str:
+def fmt_value(s: Summary, pm: str = "±", digits: int = 2) -> str:
     if s.n == 0:
         return "—"
-    std = "n/a" if math.isnan(s.std) else f"{s.std:.2f}"
-    return f"{s.mean:.2f} {pm} {std}"
+    std = "n/a" if math.isnan(s.std) else f"{s.std:.{digits}f}"
+    return f"{s.mean:.{digits}f} {pm} {std}"
 
 
 def _flag_bool(x: Any) -> str:
@@ -193,12 +198,12 @@ def to_markdown(t: TaskTable) -> str:
     for r in t.rows:
         g = r.source
         kernel = f"**{r.kernel}** (baseline)" if r.is_baseline else r.kernel
-        value = fmt_value(r.summary) + (VALID_FLAG if r.value_source in ("valid", "mixed") else "")
+        value = fmt_value(r.summary, digits=t.digits) + (VALID_FLAG if r.value_source in ("valid", "mixed") else "")
         boot = "—" if r.is_baseline else ("n/a" if r.bootstrap is None else fmt_p(r.bootstrap.p_value))
         cells = [
             r.group, kernel, fmt_featdim(g.feature_dim), _flag_bool(g.first("symmetric")),
             _flag_bool(g.first("positive_definite")), f"{value} {r.flags}".rstrip(), str(r.summary.n),
-            *[f"{fmt_value(r.test_sets[name])} ({r.test_sets[name].n})" for name in t.test_sets],
+            *[f"{fmt_value(r.test_sets[name], digits=t.digits)} ({r.test_sets[name].n})" for name in t.test_sets],
             str(r.diverged), str(r.failed), str(r.running), fmt_params(r.model_params),
             "?" if r.tokens_per_s is None else f"{r.tokens_per_s:,.0f}",
             "—" if r.is_baseline else fmt_p(r.welch_p), boot,
@@ -275,8 +280,8 @@ def to_latex(t: TaskTable) -> str:
         flags = r.flags.replace(BOOT_FLAG, r"$^\dagger$").replace(WELCH_FLAG, r"$^*$")
         cells = [
             r.group, kernel, fmt_featdim(g.feature_dim, latex=True), _flag_bool(g.first("symmetric")),
-            _flag_bool(g.first("positive_definite")), fmt_value(r.summary, r"$\pm$") + flags, str(r.summary.n),
-            *[fmt_value(r.test_sets[name], r"$\pm$") for name in t.test_sets],
+            _flag_bool(g.first("positive_definite")), fmt_value(r.summary, r"$\pm$", t.digits) + flags,
+            str(r.summary.n), *[fmt_value(r.test_sets[name], r"$\pm$", t.digits) for name in t.test_sets],
             str(r.diverged), str(r.failed), fmt_params(r.model_params),
             "?" if r.tokens_per_s is None else f"{r.tokens_per_s:.0f}",
         ]  # fmt: skip

@@ -77,7 +77,7 @@ def throughput_markdown(t: TaskTable, measured: tuple[list[Speed], list[str]]) -
              f"{t.metric_header} |", "|---|---:|---:|---:|"]
     for s in sorted(found, key=lambda s: -s.tokens_per_s):
         ratio = f"{s.tokens_per_s / base:.2f}" if base else "—"
-        value = f"{s.row.summary.mean:.2f}" if s.row.summary.n else "—"
+        value = f"{s.row.summary.mean:.{t.digits}f}" if s.row.summary.n else "—"
         lines.append(f"| {s.row.kernel} | {s.tokens_per_s:,.0f} | {ratio} | {value} |")
     rec = found[0].record
     text = "\n".join(lines) + f"\n\nConditions: {_conditions(rec)}. Command: `{rec.get('command', '?')}`.\n"

@@ -48,8 +48,8 @@ def _best(rows: list[Row], higher_is_better: bool) -> Row | None:
     return best
 
 
-def _describe(r: Row) -> str:
-    return f"{r.kernel} {fmt_value(r.summary)} (n={r.summary.n})"
+def _describe(r: Row, digits: int = 2) -> str:
+    return f"{r.kernel} {fmt_value(r.summary, digits=digits)} (n={r.summary.n})"
 
 
 def task_verdict(t: TaskTable, n_samples: int = 1000, seed: int = DEFAULT_SEED) -> TaskVerdict:
@@ -89,12 +89,12 @@ def task_verdict(t: TaskTable, n_samples: int = 1000, seed: int = DEFAULT_SEED) 
         outcome, lead = leader, f"{leader} feature dimension wins"
     else:
         outcome, lead = "no significant difference", f"no significant difference ({leader} ahead)"
-    unit = t.unit
+    unit, dg = t.unit, t.digits
     text = (
-        f"{head}: {lead}. Best infinite {_describe(bi)} vs best finite {_describe(bf)}: "
-        f"{leader} better by {abs(adv):.2f} {unit} (Welch {p_eq(p_best)}{boot_txt}). "
-        f"Group means over kernels: infinite {means['infinite']:.2f} ({len(by_group['infinite'])} kernel(s)) vs "
-        f"finite {means['finite']:.2f} ({len(by_group['finite'])} kernel(s)), Welch over per-seed results "
+        f"{head}: {lead}. Best infinite {_describe(bi, dg)} vs best finite {_describe(bf, dg)}: "
+        f"{leader} better by {abs(adv):.{dg}f} {unit} (Welch {p_eq(p_best)}{boot_txt}). "
+        f"Group means over kernels: infinite {means['infinite']:.{dg}f} ({len(by_group['infinite'])} kernel(s)) vs "
+        f"finite {means['finite']:.{dg}f} ({len(by_group['finite'])} kernel(s)), Welch over per-seed results "
         f"({len(pooled['infinite'])} vs {len(pooled['finite'])}) {p_eq(p_groups)}."
     )
     return TaskVerdict(t.task, outcome, text, best, adv, p_best, boot, means, p_groups)

@@ -55,7 +55,7 @@ class Task:
     type: str  # the registered name (set by ``TASKS.register``)
     Config: type[TaskConfig] = TaskConfig
     architecture: str  # a ``kernel_attention.models.ARCHITECTURES`` name
-    metric: str  # the test number the report compares (a key of the test section; may be a property)
+    metric: str  # the test number the report compares (a key of the test section); see ``metric_for``
     higher_is_better: bool
     # Validation numbers that may pick best.pt (trainer.best_metric) → whether higher is better.
     valid_directions: ClassVar[Mapping[str, bool]] = {"loss": False}
@@ -78,10 +78,16 @@ class Task:
         """The longest sequence the model sees in training and what sets it (for the learned-positions check)."""
         raise NotImplementedError
 
-    def record(self) -> dict[str, Any]:
-        """The ``task`` facts of metrics.json besides its name (docs/contracts.md §3). An instance method: the
-        metric may depend on the data (a character-level LM reports bits per character, a subword one ppl)."""
-        return {"type": self.type, "metric": self.metric, "higher_is_better": self.higher_is_better}
+    @classmethod
+    def metric_for(cls, cfg: Any) -> str:
+        """The test number a run of task config ``cfg`` reports (a ``TaskConfig``, or the raw mapping a failed
+        sweep job has): ``metric`` unless the type's choice depends on the data (LM: bpc for characters)."""
+        return cls.metric
+
+    @classmethod
+    def record(cls, cfg: Any) -> dict[str, Any]:
+        """The ``task`` facts of metrics.json besides its name (docs/contracts.md §3), for task config ``cfg``."""
+        return {"type": cls.type, "metric": cls.metric_for(cfg), "higher_is_better": cls.higher_is_better}
 
     # ---- instance: the data ---------------------------------------------------------------------------------
     def __init__(self, cfg: TaskConfig, data: PreparedData, label_smoothing: float = 0.0) -> None:

@@ -45,6 +45,7 @@ class LanguageModelingTask(Task):
     type = "lm"
     Config = LMConfig
     architecture = "decoder_only"
+    metric = "ppl"  # a subword vocabulary; a character one reports bpc (metric_for)
     higher_is_better = False
     valid_directions: ClassVar[Mapping[str, bool]] = {"loss": False}
     cfg: LMConfig
@@ -93,11 +94,14 @@ class LanguageModelingTask(Task):
     def char_level(self) -> bool:
         return bool(self.data.meta.get("char_level"))
 
-    @property
-    def metric(self) -> str:  # type: ignore[override]
-        # Character models are compared in bits per character (the field's unit: nanoGPT, enwik8 results);
-        # a subword vocabulary has no per-character unit, so it reports perplexity.
-        return "bpc" if self.char_level else "ppl"
+    @classmethod
+    def metric_for(cls, cfg: Any) -> str:
+        # Character models are compared in bits per character (the field's unit: nanoGPT, enwik8 results); a
+        # subword vocabulary has no per-character unit, so it reports perplexity. Character level is what
+        # prepare records as meta.char_level: spm_model_type=char.
+        data = cfg.get("data") if isinstance(cfg, Mapping) else getattr(cfg, "data", None)
+        spm = data.get("spm_model_type") if isinstance(data, Mapping) else getattr(data, "spm_model_type", None)
+        return "bpc" if spm == "char" else "ppl"
 
     def valid_from_loss(self, loss: float) -> dict[str, float]:
         # bpc = nats per character / ln 2: each token of a character vocabulary is one character.

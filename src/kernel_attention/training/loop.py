@@ -254,7 +254,7 @@ class Trainer:
             "run": {"name": self.run.name, "group": self.run.group, "dir": str(self.run_dir), "started_at": started},
             "kernel": {"name": cfg.kernel_name, "label": cfg.kernel_label, "params": kparams,
                        "properties": self.kernel_props},
-            "task": {"name": cfg.task.name, **self.task.record()},
+            "task": {"name": cfg.task.name, **type(self.task).record(cfg.task)},
             "seed": cfg.seed,
             "config": cfg.to_dict(),
             "model": {"preset": cfg.model.preset, "params": self.n_params, "d_model": cfg.model.d_model,

@@ -36,7 +36,8 @@ def format_train_line(stats: dict[str, Any]) -> str:
 def format_valid_line(entry: dict[str, Any], best: bool) -> str:
     parts = [f"valid update {entry['update']}", f"loss {entry['loss']:.3f}", f"ppl {entry['ppl']:.2f}"]
     # The task's own validation numbers (translation: bleu), whichever they are.
-    parts += [f"{k} {v:.2f}" for k, v in entry.items() if k not in ("update", "loss", "ppl")]
+    parts += [f"{k} {v:.3f}" if k == "bpc" else f"{k} {v:.2f}" for k, v in entry.items()
+              if k not in ("update", "loss", "ppl")]
     return " | ".join(parts) + (" | best" if best else "")
 
 
