@@ -212,7 +212,9 @@ def to_markdown(t: TaskTable) -> str:
     legend = (
         f"mean ± sample std (ddof=1) over the n completed seeds; `{WELCH_FLAG}` Welch t-test p<{ALPHA} vs {base}; "
         f"`{BOOT_FLAG}` paired bootstrap p<{ALPHA} vs {base} (test sentences pooled over seed pairs); "
-        f"`{VALID_FLAG}` value from validation (no test result yet)."
+        f"`{VALID_FLAG}` value from validation (no test result yet). tok/s: mean over seeds of the training "
+        f"throughput each run logged, which depends on what else the machine ran meanwhile; the speed comparison "
+        f"is `scripts/measure_throughput.py`'s (every kernel timed alike), in its own section when measured."
         + (" Other test sets (`evaluate.py test_sets.<name>...`): mean ± std over the seeds scored on them (n)."
            if t.test_sets else "")
     )
