@@ -16,6 +16,7 @@ from kernel_attention.store import checkpoint
 from kernel_attention.store.metrics import DELETE, read_metrics, update_metrics
 from kernel_attention.tasks import label_smoothed_nll
 from kernel_attention.training.optim import LRSchedule
+from kernel_attention.training.progress import format_valid_line
 
 
 def test_inverse_sqrt_matches_fairseq() -> None:
@@ -63,6 +64,14 @@ def test_update_metrics_keeps_none_settings_and_deletes_only_on_request(tmp_path
     assert json.loads((tmp_path / "metrics.json").read_text())["kernel"]["params"]["scale"] is None
     out = update_metrics(tmp_path, {"test": {"bleu": 1.0, "old": DELETE}, "env": {"x": {"y": DELETE, "z": 1}}})
     assert out["test"] == {"bleu": 1.0} and out["env"] == {"x": {"z": 1}}  # a marker under a new key: gone too
+
+
+def test_valid_line_prints_each_task_number() -> None:
+    """bpc keeps 3 decimals (seed spreads are ~0.01 bpc); BLEU 2; the best marker last."""
+    line = format_valid_line({"update": 250, "loss": 1.23456, "ppl": 3.437, "bpc": 1.781234}, best=True)
+    assert line == "valid update 250 | loss 1.235 | ppl 3.44 | bpc 1.781 | best"
+    line = format_valid_line({"update": 500, "loss": 2.0, "ppl": 7.389, "bleu": 36.704}, best=False)
+    assert line == "valid update 500 | loss 2.000 | ppl 7.39 | bleu 36.70"
 
 
 def test_rng_state_roundtrip_through_weights_only_checkpoint(tmp_path: Path) -> None:
