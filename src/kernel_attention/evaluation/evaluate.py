@@ -26,7 +26,7 @@ from kernel_attention.evaluation.generate import make_batches, translate
 from kernel_attention.evaluation.options import EvalOptions, TestSet
 from kernel_attention.registry import ConfigError, config_from_mapping
 from kernel_attention.store import checkpoint as ckpt_io
-from kernel_attention.store.metrics import DELETE, read_metrics, update_metrics
+from kernel_attention.store.metrics import read_metrics, replacing, update_metrics
 from kernel_attention.tasks import Task, build_task
 
 __all__ = ["CHECKPOINTS", "EvaluationError", "checkpoint_path", "checkpoint_state", "evaluate_run", "load_config",
@@ -173,8 +173,7 @@ def evaluate_run(
                **task.evaluate(model, split, opts, dev, run_dir, "test" if section == "test" else split)}
         out["eval_seconds"] = round(time.perf_counter() - t0, 3)
         # Replace the whole section: keys of an earlier evaluation (e.g. tok_bleu) must not survive.
-        stale = {key: DELETE for key in metrics.get(section, {}) if key not in out}
-        update_metrics(run_dir, {section: {**stale, **out}})
+        update_metrics(run_dir, {section: replacing(metrics.get(section, {}), out)})
         result = out
     if loaded:
         done: dict[str, Any] = {}
@@ -184,7 +183,7 @@ def evaluate_run(
                    **task.evaluate_test_set(model, test_set, opts, dev, run_dir, f"test_set.{name}")}
             out["eval_seconds"] = round(time.perf_counter() - t0, 3)
             old = (metrics.get("test_sets") or {}).get(name, {})
-            update_metrics(run_dir, {"test_sets": {name: {**{k: DELETE for k in old if k not in out}, **out}}})
+            update_metrics(run_dir, {"test_sets": {name: replacing(old, out)}})
             done[name] = out
         result = {**result, "test_sets": done}
     return result

@@ -115,16 +115,20 @@ class KernelGroup:
 
 @dataclass
 class Collection:
-    """Everything found under one folder (``root``), or under several (``roots``; ``root`` is the first)."""
+    """Everything found under one folder, or under several (``roots``)."""
 
-    root: Path
+    roots: list[Path]
     runs: list[Run]
     problems: list[Problem]
-    roots: list[Path] = field(default_factory=list)
+
+    @property
+    def root(self) -> Path:
+        """The first folder (where the report goes by default)."""
+        return self.roots[0]
 
     def relative(self, p: Path) -> str:
         """``p`` relative to the root that holds it (the path itself when none does)."""
-        for root in self.roots or [self.root]:
+        for root in self.roots:
             try:
                 return str(p.relative_to(root)) or "."
             except ValueError:
@@ -244,7 +248,7 @@ def collect_runs(root: Path | str) -> Collection:
         job = hydra_dir.parent
         if hydra_dir.is_dir() and not (job / METRICS_FILE).exists():
             problems.append(Problem(job, "no_metrics", "job folder without metrics.json (still starting, or killed)"))
-    return Collection(root=root, runs=runs, problems=problems, roots=[root])
+    return Collection(roots=[root], runs=runs, problems=problems)
 
 
 def collect_all(roots: Sequence[Path | str]) -> Collection:
@@ -263,7 +267,7 @@ def collect_all(roots: Sequence[Path | str]) -> Collection:
             if p.path.resolve() not in seen:
                 seen.add(p.path.resolve())
                 problems.append(p)
-    return Collection(root=parts[0].root, runs=runs, problems=problems, roots=[c.root for c in parts])
+    return Collection(roots=[c.root for c in parts], runs=runs, problems=problems)
 
 
 def _display(label: str, params: dict[str, Any]) -> str:

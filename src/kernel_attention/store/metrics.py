@@ -51,6 +51,11 @@ class _Delete:
 DELETE: Any = _Delete()
 
 
+def replacing(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """A patch that replaces the section ``old`` by ``new`` (its keys that ``new`` lacks are deleted)."""
+    return {**{key: DELETE for key in old if key not in new}, **new}
+
+
 def _merge(base: dict[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
     """Recursive dict merge; a value of ``DELETE`` in ``patch`` removes the key."""
     out = dict(base)
