@@ -477,3 +477,39 @@ def test_two_sweeps_report_as_one_and_a_nested_folder_counts_once(tmp_path: Path
     shutil.rmtree(b / "report")
     assert _cli(str(b), str(tmp_path / "nope")).returncode == 4  # every folder is checked before writing
     assert not (b / "report").exists()
+
+
+def test_each_kernel_has_one_colour_in_every_figure_and_its_own_curve_panel(report: Any) -> None:
+    from matplotlib.colors import to_hex
+
+    from kernel_attention.report.plots import metric_vs_featdim, table_colours, valid_curves
+    from kernel_attention.report.style import BASELINE_COLOUR, kernel_colours
+
+    t = report.tables["multi30k"]
+    colours = table_colours(t)
+    assert colours["edp"] == BASELINE_COLOUR and len(set(colours.values())) == len(t.rows)
+
+    # Feature-dimension plot: each kernel's marker carries its colour and its legend entry.
+    fig = metric_vs_featdim(t, colours)
+    ax = fig.axes[0]
+    handles, labels = ax.get_legend_handles_labels()
+    assert [lab.split(" (n=")[0] for lab in labels] == [r.kernel for r in t.rows if r.summary.n > 0]
+    for h, lab in zip(handles, labels):
+        assert to_hex(h.lines[0].get_color()) == to_hex(colours[lab.split(" (n=")[0]])
+
+    # Validation curves: one visible panel per kernel, titled by it; the kernel's seeds in its colour, and every
+    # other panel also shows the baseline's seeds in grey.
+    fig = valid_curves(t, colours)
+    panels = [a for a in fig.axes if a.get_visible()]
+    assert [a.get_title().split(" (")[0] for a in panels] == [r.kernel for r in t.rows]
+    for a, r in zip(panels, t.rows):
+        own = {to_hex(ln.get_color()) for ln in a.get_lines() if ln.get_label() == r.kernel}
+        assert own == {to_hex(colours[r.kernel])}
+        n_seeds = len([run for run in r.source.runs if run.history])
+        greys = [ln for ln in a.get_lines() if to_hex(ln.get_color()) == to_hex("0.6")]
+        assert len(a.get_lines()) == n_seeds + len(greys)
+        assert len(greys) == (0 if r.is_baseline else len(t.baseline.source.runs))
+
+    # More kernels than the palette has colours: still all distinct, none the baseline's red.
+    many = kernel_colours([f"k{i}" for i in range(30)], baseline="k0")
+    assert len(set(many.values())) == 30 and list(many.values()).count(BASELINE_COLOUR) == 1

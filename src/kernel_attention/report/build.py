@@ -13,7 +13,7 @@ from kernel_attention.evaluation.bleu import DEFAULT_SEED
 from kernel_attention.report import diagnostics as diag
 from kernel_attention.report.collect import Collection, collect_all, group_runs
 from kernel_attention.report.families import families, families_markdown, family_curves
-from kernel_attention.report.plots import metric_vs_featdim, valid_curves
+from kernel_attention.report.plots import metric_vs_featdim, table_colours, valid_curves
 from kernel_attention.report.stats import ALPHA
 from kernel_attention.report.tables import BASELINE, TaskTable, build_task_table, p_eq, to_csv, to_latex, to_markdown
 from kernel_attention.report.throughput import Speed, metric_vs_throughput, speeds, throughput_markdown
@@ -167,6 +167,8 @@ def build_report(
 
     # Each task's throughput.json files, read once: the task file, REPORT.md and the figure all use them.
     measured = {task: speeds(t) for task, t in tables.items()}
+    # One colour per kernel for all of a task's figures, the diagnostics' included.
+    colours = {task: table_colours(t) for task, t in tables.items()}
     files: list[Path] = []
 
     def write(name: str, text: str) -> None:
@@ -179,12 +181,12 @@ def build_report(
         write(f"{name}.csv", to_csv(t))
         write(f"{name}.tex", to_latex(t))
         if plots:
-            figures = [("metric_vs_featdim", metric_vs_featdim), ("valid_curves", valid_curves)]
-            figures += [("families", family_curves)] if families(t) else []
+            cols = colours[task]
+            figures = [("metric_vs_featdim", metric_vs_featdim(t, cols)), ("valid_curves", valid_curves(t, cols))]
+            figures += [("families", family_curves(t))] if families(t) else []
             if measured[task][0]:
-                figures.append(("metric_vs_speed", lambda t, m=measured[task]: metric_vs_throughput(t, m)))
-            for suffix, make in figures:
-                fig = make(t)
+                figures.append(("metric_vs_speed", metric_vs_throughput(t, measured[task], cols)))
+            for suffix, fig in figures:
                 atomic.write_with(out / f"{name}_{suffix}.png", lambda f, fig=fig: fig.savefig(f, format="png",
                                                                                                dpi=120))
                 files.append(out / f"{name}_{suffix}.png")
@@ -192,7 +194,7 @@ def build_report(
     # Kernel diagnostics (diagnostics.json beside metrics.json, docs/contracts.md §6): a section per task that has any.
     diag_md: list[str] = []
     for task, druns in diag.collect(c.runs).items():
-        for fname, content in diag.outputs(task, druns, safe_name(task), plots).items():
+        for fname, content in diag.outputs(task, druns, safe_name(task), plots, colours.get(task)).items():
             if isinstance(content, str):
                 write(fname, content)
             else:

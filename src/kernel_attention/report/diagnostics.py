@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from scipy import stats
 
 from kernel_attention.report.collect import Run
+from kernel_attention.report.style import kernel_colours, legend_outside
 from kernel_attention.store.files import DIAGNOSTICS_FILE, DIAGNOSTICS_ROLES
 
 ROLES = DIAGNOSTICS_ROLES
@@ -206,14 +207,20 @@ def _thinned(decay: dict[str, Any], key: str) -> list[float]:
             for i, v in enumerate(decay[key])]
 
 
-def sv_decay_figure(task: str, runs: list[DiagRun]) -> Figure:
+def _colours(runs: list[DiagRun], colours: dict[str, str] | None) -> dict[str, str]:
+    """The report's shared kernel colours, or (alone) one per kernel here with edp red."""
+    return colours or kernel_colours(_by_kernel(runs), baseline="edp")
+
+
+def sv_decay_figure(task: str, runs: list[DiagRun], colours: dict[str, str] | None = None) -> Figure:
     """Mean σ_i/σ_1 of the attention matrix A (solid) and of K (dotted) per kernel, one panel per role, up to the
     index that at least a quarter of the sequences reach."""
+    colours = _colours(runs, colours)
     roles = [r for r in ROLES if any(r in d.data.get("sv_decay", {}) for d in runs)]
     fig = Figure(figsize=(4.2 * max(len(roles), 1), 4), layout="constrained")
     axes = [fig.add_subplot(1, max(len(roles), 1), i + 1) for i in range(max(len(roles), 1))]
     for ax, role in zip(axes, roles):
-        for i, (kernel, group) in enumerate(_by_kernel(runs).items()):
+        for kernel, group in _by_kernel(runs).items():
             for key, ls in (("A", "-"), ("K", ":")):
                 curves = [_thinned(d.data["sv_decay"][role], key) for d in group if role in d.data.get("sv_decay", {})]
                 arr = np.array(curves, dtype=float)
@@ -221,32 +228,34 @@ def sv_decay_figure(task: str, runs: list[DiagRun]) -> Figure:
                     continue
                 count = (~np.isnan(arr)).sum(axis=0)  # (P,): past the shortest lengths fewer curves have a σ_i
                 mean = np.where(count > 0, np.nansum(arr, axis=0) / np.maximum(count, 1), np.nan)  # (P,)
-                ax.plot(np.arange(1, len(mean) + 1), mean, ls=ls, color=f"C{i % 10}",
+                ax.plot(np.arange(1, len(mean) + 1), mean, ls=ls, color=colours.get(kernel, "tab:gray"),
                         label=kernel if key == "A" else None)
         ax.set_yscale("log")
         ax.set_xlabel("singular value index i")
         ax.set_title(role)
         ax.grid(True, alpha=0.3)
     axes[0].set_ylabel("mean σ_i / σ_1 (solid: attention A, dotted: kernel K)")
-    axes[0].legend(fontsize=7)
+    legend_outside(axes[-1], len(_by_kernel(runs)))
     fig.suptitle(f"{task}: singular-value decay (mean over sequences, layers, heads, seeds)")
     return fig
 
 
-def erank_vs_score_figure(task: str, runs: list[DiagRun]) -> Figure:
-    fig = Figure(figsize=(6, 4.5), layout="constrained")
+def erank_vs_score_figure(task: str, runs: list[DiagRun], colours: dict[str, str] | None = None) -> Figure:
+    """Test score against the run's mean effective rank of A, one point per run, coloured by kernel."""
+    colours = _colours(runs, colours)
+    fig = Figure(figsize=(7.5, 4.5), layout="constrained")
     ax = fig.add_subplot()
-    for i, (kernel, group) in enumerate(_by_kernel(runs).items()):
+    for kernel, group in _by_kernel(runs).items():
         pts = [(d.summary.get("erank_A"), d.run.value) for d in group]
         pts = [(x, y) for x, y in pts if x is not None and y is not None]
         if pts:
-            ax.scatter([x for x, _ in pts], [y for _, y in pts], color=f"C{i % 10}", label=kernel)
+            ax.scatter([x for x, _ in pts], [y for _, y in pts], color=colours.get(kernel, "tab:gray"), label=kernel)
     metric = runs[0].run.metric
     ax.set_xlabel("effective rank of attention A (mean over roles, layers, heads)")
     ax.set_ylabel(f"test {metric}")
     ax.set_title(f"{task}: effective rank vs {metric} (one point per run)")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    legend_outside(ax, len(_by_kernel(runs)))
     return fig
 
 
@@ -268,13 +277,16 @@ def section(task: str, name: str, runs: list[DiagRun], level: str = "##") -> str
             f"![effective rank vs score]({name}_erank_vs_score.png)\n")
 
 
-def outputs(task: str, runs: list[DiagRun], name: str, plots: bool = True) -> dict[str, str | Figure]:
-    """File name → content (text or figure) of the task's diagnostics; ``name`` is the task's safe file name."""
+def outputs(
+    task: str, runs: list[DiagRun], name: str, plots: bool = True, colours: dict[str, str] | None = None
+) -> dict[str, str | Figure]:
+    """File name → content (text or figure) of the task's diagnostics; ``name`` is the task's safe file name,
+    ``colours`` the report's kernel colours (so a kernel looks the same in every figure)."""
     files: dict[str, str | Figure] = {
         f"{name}_diagnostics.md": section(task, name, runs, level="#"),
         f"{name}_diagnostics_layers.csv": layers_csv(runs),
     }
     if plots:
-        files[f"{name}_sv_decay.png"] = sv_decay_figure(task, runs)
-        files[f"{name}_erank_vs_score.png"] = erank_vs_score_figure(task, runs)
+        files[f"{name}_sv_decay.png"] = sv_decay_figure(task, runs, colours)
+        files[f"{name}_erank_vs_score.png"] = erank_vs_score_figure(task, runs, colours)
     return files

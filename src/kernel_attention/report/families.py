@@ -15,9 +15,8 @@ from dataclasses import dataclass
 
 from matplotlib.figure import Figure
 
+from kernel_attention.report.style import kernel_colours, legend_outside
 from kernel_attention.report.tables import Row, TaskTable
-
-COLOURS = [f"C{i}" for i in range(10) if i != 3]  # red (C3) is the baseline's, as in plots.py
 
 
 @dataclass
@@ -83,34 +82,38 @@ def families_markdown(t: TaskTable) -> str:
 def family_curves(t: TaskTable) -> Figure:
     """Metric against feature dimension (log x), one line with error bars per family; every infinite-dimensional
     kernel a horizontal line (its mean) with a band (± std) — the level a family would have to reach."""
-    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    fig = Figure(figsize=(8, 4.5), layout="constrained")
     ax = fig.add_subplot()
     fams = families(t)
-    for i, f in enumerate(fams):
+    refs = [r for r in infinite_rows(t) if r.summary.n > 0]
+    # One distinct colour per family line and per reference level; the baseline's is red.
+    colours = kernel_colours([f.name for f in fams] + [r.kernel for r in refs], t.baseline.kernel if t.baseline
+                             else None)  # fmt: skip
+    for f in fams:
         pts = [r for r in f.rows if r.summary.n > 0 and math.isfinite(_dim(r))]
         if not pts:
             continue
         xs = [_dim(r) for r in pts]
         ys = [r.summary.mean for r in pts]
         es = [0.0 if math.isnan(r.summary.std) else r.summary.std for r in pts]
-        ax.errorbar(xs, ys, yerr=es, fmt="o-", color=COLOURS[i % len(COLOURS)], capsize=3, label=f.name)
+        ax.errorbar(xs, ys, yerr=es, fmt="o-", color=colours[f.name], capsize=3, label=f.name)
         for r, x, y in zip(pts, xs, ys):
             if r.diverged:
                 ax.annotate(f"{r.diverged} diverged", (x, y), textcoords="offset points", xytext=(4, -10),
                             fontsize=7)  # fmt: skip
-    for j, r in enumerate(r for r in infinite_rows(t) if r.summary.n > 0):
-        colour = "tab:red" if r.is_baseline else f"0.{3 + 2 * (j % 3)}"
+    for r in refs:
+        colour = colours[r.kernel]
         ax.axhline(r.summary.mean, color=colour, ls="--", lw=1.2, label=f"{r.kernel} (∞)")
         if not math.isnan(r.summary.std):
             ax.axhspan(r.summary.mean - r.summary.std, r.summary.mean + r.summary.std, color=colour, alpha=0.1)
     ax.set_xscale("log")
     if fams:
-        ax.legend(fontsize=8, ncol=2)
+        legend_outside(ax, len(ax.get_legend_handles_labels()[1]))
     else:
         ax.text(0.5, 0.5, "no kernel family at two or more dimensions", ha="center", va="center",
                 transform=ax.transAxes)  # fmt: skip
     ax.set_xlabel("feature dimension at the model's head size (log scale)")
     ax.set_ylabel(f"{t.metric_header} (mean ± std over seeds)")
-    ax.set_title(f"{t.task}: each family against its feature dimension; dashed = infinite-dimensional kernels")
+    ax.set_title(f"{t.task}: each family against its feature dimension (dashed: ∞-dimensional)")
     ax.grid(True, which="major", alpha=0.3)
     return fig

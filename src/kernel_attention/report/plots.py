@@ -10,21 +10,32 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 from matplotlib.transforms import blended_transform_factory
 
+from kernel_attention.report.collect import Run
+from kernel_attention.report.style import (
+    BASELINE_COLOUR,
+    BASELINE_MARKER,
+    GROUP_MARKERS,
+    kernel_colours,
+    legend_outside,
+)
 from kernel_attention.report.tables import TaskTable
 
-STYLE = {  # group -> (marker, colour)
-    "infinite": ("s", "tab:blue"),
-    "finite": ("o", "tab:green"),
-    "unknown": ("x", "tab:gray"),
-}
-BASELINE_STYLE = ("*", "tab:red")
+STYLE = {g: (m, "tab:gray") for g, m in GROUP_MARKERS.items()}  # group -> (marker, colour), when no colours given
+BASELINE_STYLE = (BASELINE_MARKER, BASELINE_COLOUR)
 
 
-def metric_vs_featdim(t: TaskTable) -> Figure:
+def table_colours(t: TaskTable) -> dict[str, str]:
+    """Every row's colour, in table order (infinite kernels first, then finite by dimension), baseline red."""
+    return kernel_colours([r.kernel for r in t.rows], t.baseline.kernel if t.baseline else None)
+
+
+def metric_vs_featdim(t: TaskTable, colours: dict[str, str] | None = None) -> Figure:
     """Metric (mean ± sample std over seeds) against feature dimension on a log x axis. Infinite-dimensional
     kernels sit at a point past the right edge labelled "∞", behind a broken-axis marker; the baseline is a red
-    star."""
-    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    star. Shape = group (square infinite, circle finite), colour = kernel (``colours``, default
+    ``table_colours``), named in a legend beside the axes: labels written next to the points overlapped."""
+    colours = colours or table_colours(t)
+    fig = Figure(figsize=(8, 4.5), layout="constrained")
     ax = fig.add_subplot()
     rows = [r for r in t.rows if r.summary.n > 0 and r.source.feature_dim is not None]
     finite = [r.source.feature_dim for r in rows if not math.isinf(r.source.feature_dim or 0)]
@@ -39,14 +50,13 @@ def metric_vs_featdim(t: TaskTable) -> Figure:
             n_inf += 1
         else:
             x = fd
-        marker, colour = BASELINE_STYLE if r.is_baseline else STYLE[r.group]
+        marker = BASELINE_MARKER if r.is_baseline else GROUP_MARKERS[r.group]
         std = 0.0 if math.isnan(r.summary.std) else r.summary.std
         ax.errorbar(
-            [x], [r.summary.mean], yerr=[std], fmt=marker, color=colour, capsize=4,
+            [x], [r.summary.mean], yerr=[std], fmt=marker, color=colours.get(r.kernel, "tab:gray"), capsize=4,
             markersize=14 if r.is_baseline else 7, zorder=3 if r.is_baseline else 2,
+            label=f"{r.kernel} (n={r.summary.n})",
         )  # fmt: skip
-        ax.annotate(f"{r.kernel} (n={r.summary.n})", (x, r.summary.mean), textcoords="offset points",
-                    xytext=(6, 6), fontsize=8)  # fmt: skip
     ax.set_xscale("log")
     ax.xaxis.set_minor_locator(NullLocator())  # minor log ticks past the break would suggest a finite scale
     if rows:
@@ -62,6 +72,7 @@ def metric_vs_featdim(t: TaskTable) -> Figure:
         ax.set_xticks(ticks, [f"$10^{{{int(math.log10(x))}}}$" for x in ticks[: len(ticks) - bool(n_inf)]]
                       + (["∞"] if n_inf else []))  # fmt: skip
         ax.set_xlim(0.5, x_inf * 1.25 ** max(n_inf, 1) * 2)
+        legend_outside(ax, len(rows))
     else:
         ax.text(0.5, 0.5, "no completed runs", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("feature dimension at the model's head size (log scale)")
@@ -76,36 +87,56 @@ def _curve_key(t: TaskTable, history: list[dict]) -> str:
     return t.metric if any(t.metric in h for h in history) else "loss"
 
 
-def valid_curves(t: TaskTable) -> Figure:
-    """Validation curves (``valid.history``) per kernel: one line per seed, one colour per kernel, the
-    baseline drawn thicker. Diverged and failed runs are drawn dashed, so their history is still visible."""
-    fig = Figure(figsize=(7, 4.5), layout="constrained")
-    ax = fig.add_subplot()
-    # The default cycle minus red (C3), which is reserved for the baseline.
-    colours = [f"C{i}" for i in range(10) if i != 3]
-    key = None
-    for i, r in enumerate(t.rows):
-        for j, run in enumerate(r.source.runs):
-            pts = [h for h in run.history if "update" in h]
-            key = key or (_curve_key(t, pts) if pts else None)
-            pts = [h for h in pts if isinstance(h.get(key), (int, float))]
-            if not pts:
-                continue
-            xs = np.array([h["update"] for h in pts], dtype=float)
-            ys = np.array([h[key] for h in pts], dtype=float)
-            ax.plot(
-                xs, ys, color=BASELINE_STYLE[1] if r.is_baseline else colours[i % len(colours)],
-                lw=2.5 if r.is_baseline else 1.2, ls="-" if run.status in ("completed", "running") else "--",
-                label=r.kernel if j == 0 else None, alpha=0.9,
-            )  # fmt: skip
-    if key is None:
-        ax.text(0.5, 0.5, "no validation history", ha="center", va="center", transform=ax.transAxes)
-    else:
-        if key in ("ppl", "loss") and t.metric == "ppl":
+def _curve(run: Run, key: str | None) -> tuple[np.ndarray, np.ndarray] | None:
+    pts = [h for h in run.history if "update" in h and isinstance(h.get(key), (int, float))]
+    if not pts:
+        return None
+    return (np.array([h["update"] for h in pts], dtype=float),  # (E,) evaluation updates
+            np.array([h[key] for h in pts], dtype=float))  # (E,) their values  # fmt: skip
+
+
+def valid_curves(t: TaskTable, colours: dict[str, str] | None = None) -> Figure:
+    """Validation curves (``valid.history``), one panel per kernel: its seeds in its colour (dashed when diverged
+    or failed, so their history stays visible) over the baseline's seeds in grey, the same reference in every
+    panel. Fourteen kernels' seeds on one axes were unreadable. Each panel's y range starts at the lowest value
+    after the first evaluation, so the early steep part does not flatten the differences that matter."""
+    colours = colours or table_colours(t)
+    rows = [r for r in t.rows if r.source.runs]
+    histories = [h for r in rows for run in r.source.runs for h in run.history if "update" in h]
+    key = _curve_key(t, histories) if histories else None
+    n = max(len(rows), 1)
+    ncols = min(4, n)
+    nrows = math.ceil(n / ncols)
+    fig = Figure(figsize=(3.1 * ncols, 2.3 * nrows + 0.6), layout="constrained")
+    axes = fig.subplots(nrows, ncols, sharex=True, squeeze=False).ravel()
+    base = t.baseline
+    ref = [c for run in (base.source.runs if base else []) if (c := _curve(run, key)) is not None]
+    plotted = False
+    for ax, r in zip(axes, rows):
+        curves = [(run, c) for run in r.source.runs if (c := _curve(run, key)) is not None]
+        if not r.is_baseline:
+            for j, (xs, ys) in enumerate(ref):
+                ax.plot(xs, ys, color="0.6", lw=1.0, label=f"{base.kernel} (baseline)" if j == 0 else None)
+        for j, (run, (xs, ys)) in enumerate(curves):
+            ax.plot(xs, ys, color=colours.get(r.kernel, "tab:gray"), lw=1.4,
+                    ls="-" if run.status in ("completed", "running") else "--", label=r.kernel if j == 0 else None)
+            plotted = True
+        later = [y for _, ys in ref + [c for _, c in curves] for y in ys[1:]]
+        if later and key in ("ppl", "loss") and t.metric == "ppl":
             ax.set_yscale("log")
-        ax.legend(fontsize=8, ncol=2)
-    ax.set_xlabel("update")
-    ax.set_ylabel(f"validation {key or t.metric}")
-    ax.set_title(f"{t.task}: validation curves (one line per seed; dashed = diverged/failed)")
-    ax.grid(True, alpha=0.3)
+        elif later and all(math.isfinite(y) for y in later):
+            lo, hi = min(later), max(later)
+            pad = 0.05 * (hi - lo or abs(hi) or 1.0)
+            ax.set_ylim(lo - pad, hi + pad)
+        ax.set_title(f"{r.kernel} (seeds: {len(curves)})", fontsize=9)
+        ax.grid(True, alpha=0.3)
+        ax.tick_params(labelsize=7)
+    for ax in axes[len(rows):]:
+        ax.set_visible(False)
+    if not plotted:
+        axes[0].text(0.5, 0.5, "no validation history", ha="center", va="center", transform=axes[0].transAxes)
+    fig.supxlabel("update", fontsize=9)
+    fig.supylabel(f"validation {key or t.metric}", fontsize=9)
+    ref_text = f"grey = {base.kernel}'s seeds; " if base and ref else ""
+    fig.suptitle(f"{t.task}: validation curves per kernel ({ref_text}dashed = diverged/failed)", fontsize=10)
     return fig

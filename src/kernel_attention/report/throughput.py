@@ -17,7 +17,8 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from kernel_attention.report.plots import BASELINE_STYLE, STYLE
+from kernel_attention.report.plots import table_colours
+from kernel_attention.report.style import BASELINE_MARKER, GROUP_MARKERS, legend_outside
 from kernel_attention.report.tables import Row, TaskTable
 from kernel_attention.store.files import THROUGHPUT_FILE
 
@@ -86,27 +87,31 @@ def throughput_markdown(t: TaskTable, measured: tuple[list[Speed], list[str]]) -
     return text
 
 
-def metric_vs_throughput(t: TaskTable, measured: tuple[list[Speed], list[str]]) -> Figure:
+def metric_vs_throughput(
+    t: TaskTable, measured: tuple[list[Speed], list[str]], colours: dict[str, str] | None = None
+) -> Figure:
     """Metric (mean ± std over seeds) against measured training tokens/s (log x; ``measured`` = ``speeds(t)``):
-    the upper right is better for BLEU, the lower right for perplexity."""
-    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    the upper right is better for BLEU, the lower right for perplexity. Shape = group, colour = kernel (the
+    report's shared colours), named in a legend beside the axes."""
+    colours = colours or table_colours(t)
+    fig = Figure(figsize=(8, 4.5), layout="constrained")
     ax = fig.add_subplot()
     found, _ = measured
     pts = [s for s in found if s.row.summary.n > 0] if found and _one_measurement(found) else []
     for s in pts:
-        marker, colour = BASELINE_STYLE if s.row.is_baseline else STYLE[s.row.group]
+        marker = BASELINE_MARKER if s.row.is_baseline else GROUP_MARKERS[s.row.group]
         std = 0.0 if math.isnan(s.row.summary.std) else s.row.summary.std
-        ax.errorbar([s.tokens_per_s], [s.row.summary.mean], yerr=[std], fmt=marker, color=colour, capsize=4,
-                    markersize=12 if s.row.is_baseline else 7)  # fmt: skip
-        ax.annotate(s.row.kernel, (s.tokens_per_s, s.row.summary.mean), textcoords="offset points", xytext=(5, 5),
-                    fontsize=8)  # fmt: skip
+        ax.errorbar([s.tokens_per_s], [s.row.summary.mean], yerr=[std], fmt=marker, capsize=4,
+                    color=colours.get(s.row.kernel, "tab:gray"), markersize=12 if s.row.is_baseline else 7,
+                    label=s.row.kernel)  # fmt: skip
     if pts:
         ax.set_xscale("log")
+        legend_outside(ax, len(pts))
     else:
         ax.text(0.5, 0.5, "no throughput measured (scripts/measure_throughput.py)", ha="center", va="center",
                 transform=ax.transAxes)  # fmt: skip
     ax.set_xlabel("training tokens/s, every kernel measured alike (log scale)")
     ax.set_ylabel(f"test {t.metric_header} (mean ± std over seeds)")
-    ax.set_title(f"{t.task}: quality against training speed (blue = infinite, green = finite)")
+    ax.set_title(f"{t.task}: quality against training speed (squares = infinite, circles = finite)")
     ax.grid(True, which="both", alpha=0.3)
     return fig

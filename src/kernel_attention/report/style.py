@@ -1,0 +1,44 @@
+"""One colour per kernel, shared by every figure of a report, so that a kernel looks the same in the feature-dimension
+plot, the validation curves, the speed plot and the diagnostics plots. The baseline is always red; a study with
+fourteen kernels needs more distinct colours than matplotlib's ten-colour cycle (which gave ``ei`` and ``rff`` the
+same orange), so the colours come from ``tab20`` without its two reds, dark shades first, and past 18 kernels from
+evenly spaced points of a continuous map.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.colors import to_hex
+
+BASELINE_COLOUR = "tab:red"
+BASELINE_MARKER = "*"
+GROUP_MARKERS = {"infinite": "s", "finite": "o", "unknown": "x"}  # shape = group, colour = kernel
+# tab20 in pairs (dark, light); pair 3 (indices 6, 7) is red, the baseline's.
+_TAB20 = colormaps["tab20"].colors
+PALETTE = [to_hex(_TAB20[i]) for i in range(0, 20, 2) if i != 6] + [to_hex(_TAB20[i]) for i in range(1, 20, 2)
+                                                                   if i != 7]  # fmt: skip
+
+
+def kernel_colours(labels: Iterable[str], baseline: str | None = None) -> dict[str, str]:
+    """Label → colour for the labels in the order given (duplicates ignored); ``baseline`` gets red. Distinct
+    colours for up to 18 non-baseline labels, then evenly spaced ones from a continuous map (never repeated)."""
+    others = [lab for lab in dict.fromkeys(labels) if lab != baseline]
+    if len(others) <= len(PALETTE):
+        colours = PALETTE[: len(others)]
+    else:
+        cmap = colormaps["nipy_spectral"]
+        colours = [to_hex(cmap(0.05 + 0.9 * i / (len(others) - 1))) for i in range(len(others))]
+    out = dict(zip(others, colours))
+    if baseline is not None:
+        out[baseline] = BASELINE_COLOUR
+    return out
+
+
+def legend_outside(ax: Axes, n: int) -> None:
+    """A legend right of the axes (it never hides a point), in two columns past 16 entries."""
+    if n:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=2 if n > 16 else 1,
+                  borderaxespad=0.0, frameon=False)  # fmt: skip
