@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 from matplotlib.figure import Figure
 
-from kernel_attention.report.style import kernel_colours, legend_outside
+from kernel_attention.report.plots import table_colours
+from kernel_attention.report.style import legend_outside
 from kernel_attention.report.tables import Row, TaskTable
 
 
@@ -86,9 +87,13 @@ def family_curves(t: TaskTable) -> Figure:
     ax = fig.add_subplot()
     fams = families(t)
     refs = [r for r in infinite_rows(t) if r.summary.n > 0]
-    # One distinct colour per family line and per reference level; the baseline's is red.
-    colours = kernel_colours([f.name for f in fams] + [r.kernel for r in refs], t.baseline.kernel if t.baseline
-                             else None)  # fmt: skip
+    # The report's kernel colours, so a reference level and a family look as in the other figures: a family takes
+    # the colour of its row named like it, else of its largest dimension.
+    table = table_colours(t)
+    colours = {r.kernel: table[r.kernel] for r in refs}
+    for f in fams:
+        named = [r for r in f.rows if r.kernel == f.name]
+        colours[f.name] = table[(named or f.rows)[-1].kernel]
     for f in fams:
         pts = [r for r in f.rows if r.summary.n > 0 and math.isfinite(_dim(r))]
         if not pts:
