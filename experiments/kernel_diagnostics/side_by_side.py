@@ -2,7 +2,7 @@
 """Tabulate the summaries of diagnostics.json files side by side (JSON only), e.g. trained runs vs the same
 models at initialisation:
 
-    python experiments/kernel_diagnostics/tabulate.py trained=<folder> init=<folder> ...
+    python experiments/kernel_diagnostics/side_by_side.py trained=<folder> init=<folder> ...
 
 One Markdown row per (label, run folder): the means over roles, layers and heads that scripts/diagnose.py wrote.
 """
