@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -299,11 +300,13 @@ def test_diagnose_run_is_deterministic(trained: dict[str, Path]) -> None:
 
 
 # ---- the report's section from hand-made files ---------------------------------------------------------------
-def _fake_run(root: Path, kernel: str, seed: int, bleu: float, erank: float, asym: float, neg: float) -> None:
-    run = root / f"{kernel}_{seed}"
+def _fake_run(root: Path, kernel: str, seed: int, bleu: float, erank: float, asym: float, neg: float,
+              params: dict[str, Any] | None = None) -> None:
+    run = root / f"{kernel}{json.dumps(params or {}, sort_keys=True)}_{seed}"
     run.mkdir(parents=True)
     metrics = {"schema": 1, "status": "completed", "run": {"updated_at": "2026-01-01T00:00:00+00:00"},
-               "kernel": {"name": kernel, "label": kernel, "properties": {"feature_dim": "inf"}},
+               "kernel": {"name": kernel, "label": kernel, "params": params or {},
+                          "properties": {"feature_dim": "inf"}},
                "task": {"name": "toy", "type": "translation", "metric": "bleu", "higher_is_better": True},
                "seed": seed, "test": {"bleu": bleu}}
     head = {"role": "enc_self", "layer": 0, "head": 0, "n": 4, "asymmetry": asym, "negative_mass": neg,
@@ -329,7 +332,7 @@ def test_report_section_sentence_and_tables_follow_the_numbers(tmp_path: Path) -
             ("linear", 2, 21.0, 3.0, 0.2, 0.0), ("rbf", 1, 25.0, 6.0, 0.3, 0.1)]
     for r in rows:
         _fake_run(tmp_path / "sweep", *r)
-    (tmp_path / "sweep" / "edp_2" / "diagnostics.json").write_text("{not json")  # hostile: skipped, not fatal
+    (tmp_path / "sweep" / "edp{}_2" / "diagnostics.json").write_text("{not json")  # hostile: skipped, not fatal
     rep = build_report(tmp_path / "sweep", plots=False)
     md = (rep.out_dir / "toy_diagnostics.md").read_text()
     kept = [r for r in rows if (r[0], r[1]) != ("edp", 2)]
@@ -340,6 +343,37 @@ def test_report_section_sentence_and_tables_follow_the_numbers(tmp_path: Path) -
     assert summary_row.startswith("| linear | 2 | 20.500 ± 0.707 | 0.150 ± 0.071 |")  # mean ± sample std, 2 seeds
     csv = (rep.out_dir / "toy_diagnostics_layers.csv").read_text().splitlines()
     assert len(csv) == 1 + len(kept)
+
+
+def test_settings_of_one_kernel_stay_apart_and_keep_their_table_colour(tmp_path: Path) -> None:
+    """A parameter sweep (one raw label, m = 8 and m = 32) gives two diagnostics rows named as in the table, never
+    one pooled row, and each setting's points carry its table colour in the effective-rank figure."""
+    from matplotlib.colors import to_hex
+
+    from kernel_attention.report import build_report
+    from kernel_attention.report import diagnostics as diag
+    from kernel_attention.report.plots import table_colours
+
+    rf = "random_features"
+    rows = [("edp", 1, 30.0, 9.0, 0.8, 0.3, None), ("edp", 2, 31.0, 9.4, 0.9, 0.4, None),
+            (rf, 1, 20.0, 4.0, 0.5, 0.2, {"m": 8}), (rf, 2, 21.0, 5.0, 0.5, 0.2, {"m": 8}),
+            (rf, 1, 26.0, 7.0, 0.6, 0.2, {"m": 32}), (rf, 2, 27.0, 8.0, 0.6, 0.2, {"m": 32})]
+    for r in rows:
+        _fake_run(tmp_path / "sweep", *r)
+    rep = build_report(tmp_path / "sweep", plots=False)
+    table = rep.tables["toy"]
+    labels = [r.kernel for r in table.rows]
+    assert sorted(labels) == ["edp", "random_features(m=32)", "random_features(m=8)"]
+    md = (rep.out_dir / "toy_diagnostics.md").read_text()
+    assert "| random_features(m=8) | 2 | 20.500 ± 0.707 |" in md
+    assert "| random_features(m=32) | 2 | 26.500 ± 0.707 |" in md
+    druns = diag.collect(rep.collection.runs)["toy"]
+    colours = table_colours(table)
+    fig = diag.erank_vs_score_figure("toy", druns, colours)
+    seen = {c.get_label(): to_hex(c.get_facecolor()[0]) for c in fig.axes[0].collections}
+    assert seen == {lab: to_hex(colours[lab]) for lab in labels}
+    pts = {c.get_label(): sorted(map(tuple, c.get_offsets().tolist())) for c in fig.axes[0].collections}
+    assert pts["random_features(m=8)"] == [(4.0, 20.0), (5.0, 21.0)]
 
 
 def test_find_runs_skips_report_folders_only_below_the_root(tmp_path: Path) -> None:

@@ -1,14 +1,19 @@
 #!/usr/bin/env python
-"""Is the report's "higher effective rank goes with a better score" carried by a few kernels that fail, or does it
-hold among the kernels that train, and within a kernel across seeds? Reads each run's diagnostics.json (erank of A,
-means over roles, layers and heads) and its metrics.json (test score), and prints Spearman's ρ with its p value:
+"""Is the report's "higher effective rank goes with a better score" carried by a few kernels that fail, and does it
+hold within a kernel across seeds? Reads the runs as the report groups them (``collect_runs`` + ``group_runs``:
+one group per kernel setting, so a parameter sweep's settings stay apart), each run's effective rank of A from its
+diagnostics.json (means over roles, layers and heads) and its test score, and prints Spearman's ρ with its p value:
 
     python experiments/kernel_diagnostics/erank_robustness.py <runs folder> [--drop rff,intersection]
 
-- over all runs, and without the kernels named in --drop (kernels that do not train would otherwise decide the
-  sign on their own);
-- within kernels: each run's erank and score minus its kernel's mean over seeds, pooled (does a seed whose
-  attention is higher-rank also score higher than its siblings?).
+Scores are oriented so that higher is better (bpc and ppl are negated), so ρ > 0 always means "higher rank, better".
+Lines:
+- over all runs, and over the kernel means (one point per kernel setting: the seeds of a kernel are not independent
+  evidence about kernels, so this is the test of a between-kernel association);
+- the same two without the kernels named in --drop (kernels that do not train can decide the sign on their own);
+- within kernels, on the kept kernels: each run's erank and score minus its kernel's mean over seeds, pooled (does a
+  seed whose attention is higher-rank also score higher than its siblings?). The deviations of one kernel sum to
+  zero, so n runs of k kernels carry n − k degrees of freedom, not n: read its p value as optimistic.
 """
 
 from __future__ import annotations
@@ -21,22 +26,27 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+from kernel_attention.report import collect_runs, group_runs
+from kernel_attention.store.files import DIAGNOSTICS_FILE
 
-def load(folder: Path) -> list[tuple[str, float, float]]:
-    """(kernel, erank of A, test score) per run folder that has both files."""
+
+def load(folder: Path) -> tuple[str, list[tuple[str, float, float]]]:
+    """(task, [(kernel setting label, erank of A, oriented test score)]) for completed runs with both numbers."""
+    groups = group_runs(r for r in collect_runs(folder).runs if r.status == "completed")
+    if len(groups) != 1:
+        raise SystemExit(f"erank_robustness: {folder} holds {len(groups)} tasks ({', '.join(groups) or 'none'}); "
+                         "pass the runs of one task")  # fmt: skip
+    (task, gs), = groups.items()
     out = []
-    for diag in sorted(folder.rglob("diagnostics.json")):
-        metrics = diag.parent / "metrics.json"
-        if not metrics.is_file():
-            continue
-        d = json.loads(diag.read_text(encoding="utf-8"))
-        m = json.loads(metrics.read_text(encoding="utf-8"))
-        test = m.get("test") or {}
-        score = test.get("bleu", test.get("bpc", test.get("ppl")))
-        erank = d["summary"]["all"].get("erank_A")
-        if score is not None and erank is not None:
-            out.append((d["run"]["kernel"], float(erank), float(score)))
-    return out
+    for g in gs:
+        for r in g.runs:
+            path = r.path / DIAGNOSTICS_FILE
+            if r.value is None or not path.is_file():
+                continue
+            erank = json.loads(path.read_text(encoding="utf-8"))["summary"]["all"].get("erank_A")
+            if erank is not None:
+                out.append((g.label, float(erank), r.value if r.higher_is_better else -r.value))
+    return task, out
 
 
 def line(name: str, x: np.ndarray, y: np.ndarray) -> str:
@@ -44,27 +54,40 @@ def line(name: str, x: np.ndarray, y: np.ndarray) -> str:
     return f"{name}: n = {len(x)}, Spearman ρ = {rho:+.2f} (p = {p:.3g})"
 
 
+def means(kernels: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    ks = sorted(set(kernels))
+    return (np.array([x[kernels == k].mean() for k in ks]),  # (K,) mean erank per kernel setting
+            np.array([y[kernels == k].mean() for k in ks]))  # (K,) mean score per kernel setting  # fmt: skip
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("folder", type=Path)
-    ap.add_argument("--drop", default="", help="comma-separated kernels to leave out of the second line")
+    ap.add_argument("--drop", default="", help="comma-separated kernel labels to leave out (as the report names them)")
     args = ap.parse_args(argv)
-    runs = load(args.folder)
+    task, runs = load(args.folder)
     if len(runs) < 4:
         print(f"erank_robustness: only {len(runs)} run(s) with diagnostics and a test score under {args.folder}; "
               "need ≥ 4", file=sys.stderr)  # fmt: skip
         return 2
-    kernels = np.array([k for k, _, _ in runs])
+    kernels = np.array([k for k, _, _ in runs])  # (R,) kernel setting per run
     x = np.array([e for _, e, _ in runs])  # (R,) erank of A per run
-    y = np.array([s for _, _, s in runs])  # (R,) test score per run
-    print(line("all runs", x, y))
+    y = np.array([s for _, _, s in runs])  # (R,) oriented test score per run
     drop = [k for k in args.drop.split(",") if k]
+    unknown = sorted(set(drop) - set(kernels))
+    if unknown:
+        print(f"erank_robustness: --drop names no kernel of {task}: {', '.join(unknown)}; choose from "
+              f"{', '.join(sorted(set(kernels)))}", file=sys.stderr)  # fmt: skip
+        return 2
+    print(f"task {task}")
+    print(line("all runs", x, y))
+    print(line("kernel means", *means(kernels, x, y)))
     if drop:
         keep = ~np.isin(kernels, drop)
-        print(line(f"without {', '.join(drop)}", x[keep], y[keep]))
         kernels, x, y = kernels[keep], x[keep], y[keep]
-    # Within kernels: deviations from the kernel's own mean over seeds, pooled over kernels with ≥ 2 seeds.
-    dx, dy = [], []
+        print(line(f"runs without {', '.join(drop)}", x, y))
+        print(line(f"kernel means without {', '.join(drop)}", *means(kernels, x, y)))
+    dx, dy = [], []  # deviations from the kernel's own seed mean, pooled over kernels with ≥ 2 seeds
     for k in sorted(set(kernels)):
         sel = kernels == k
         if sel.sum() >= 2:

@@ -22,7 +22,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from scipy import stats
 
-from kernel_attention.report.collect import Run
+from kernel_attention.report.collect import Run, group_runs
 from kernel_attention.report.style import kernel_colours, legend_outside
 from kernel_attention.store.files import DIAGNOSTICS_FILE, DIAGNOSTICS_ROLES
 
@@ -49,6 +49,7 @@ NEG_THRESHOLD = 0.01  # "measurably indefinite": above 1 % of the eigenvalue mas
 class DiagRun:
     run: Run
     data: dict[str, Any]
+    label: str  # the kernel's row label in the report's table for this task (group_runs), never the raw label
 
     @property
     def summary(self) -> dict[str, Any]:
@@ -56,28 +57,35 @@ class DiagRun:
 
 
 def collect(runs: list[Run]) -> dict[str, list[DiagRun]]:
-    """Completed runs with a readable diagnostics.json, per task; one per (kernel, seed): the latest."""
-    latest: dict[tuple[str, str, int | None], Run] = {}
-    for r in runs:
-        if r.status == "completed" and (r.path / DIAGNOSTICS_FILE).is_file():
-            key = (r.task, r.kernel_label, r.seed)
-            if key not in latest or r.updated_at > latest[key].updated_at:
-                latest[key] = r
+    """Completed runs with a readable diagnostics.json, keyed and labelled exactly as the report's tables group
+    them (``group_runs`` over *all* runs: the same task key, the same disambiguated label), so the settings of a
+    parameter sweep (random_features at m = 8 … 2048, one raw label) stay apart and a kernel carries the same name
+    and colour as in its table. One run per (kernel setting, seed): the latest."""
     out: dict[str, list[DiagRun]] = {}
-    for (task, _, _), r in sorted(latest.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] or 0)):
-        try:
-            data = json.loads((r.path / DIAGNOSTICS_FILE).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue  # unreadable: the section lists only what it can read
-        if isinstance(data, dict) and data.get("schema") == 1:
-            out.setdefault(task, []).append(DiagRun(r, data))
+    for task, groups in group_runs(runs).items():
+        found: list[DiagRun] = []
+        for g in groups:
+            latest: dict[int | None, Run] = {}
+            for r in g.runs:
+                usable = r.status == "completed" and (r.path / DIAGNOSTICS_FILE).is_file()
+                if usable and (r.seed not in latest or r.updated_at > latest[r.seed].updated_at):
+                    latest[r.seed] = r
+            for seed in sorted(latest, key=lambda s: s or 0):
+                try:
+                    data = json.loads((latest[seed].path / DIAGNOSTICS_FILE).read_text(encoding="utf-8"))
+                except (OSError, ValueError):
+                    continue  # unreadable: the section lists only what it can read
+                if isinstance(data, dict) and data.get("schema") == 1:
+                    found.append(DiagRun(latest[seed], data, g.label))
+        if found:
+            out[task] = sorted(found, key=lambda d: (d.label, d.run.seed or 0))
     return out
 
 
 def _by_kernel(runs: list[DiagRun]) -> dict[str, list[DiagRun]]:
     groups: dict[str, list[DiagRun]] = {}
     for d in runs:
-        groups.setdefault(d.run.kernel_label, []).append(d)
+        groups.setdefault(d.label, []).append(d)
     return groups
 
 
@@ -135,7 +143,7 @@ def layers_csv(runs: list[DiagRun]) -> str:
         forms = {(f["role"], f["layer"], f["head"]): f for f in d.data.get("qk_forms", [])}
         for row in d.data.get("per_head", []):
             f = forms.get((row["role"], row["layer"], row["head"]), {})
-            w.writerow([d.run.kernel_label, d.run.seed, row["role"], row["layer"], row["head"], row.get("n"),
+            w.writerow([d.label, d.run.seed, row["role"], row["layer"], row["head"], row.get("n"),
                         *[row.get(k, "") for k in keys], f.get("asymmetry", ""), f.get("negative_mass", ""),
                         str(d.run.path)])
     return buf.getvalue()
@@ -235,7 +243,10 @@ def sv_decay_figure(task: str, runs: list[DiagRun], colours: dict[str, str] | No
         ax.set_title(role)
         ax.grid(True, alpha=0.3)
     axes[0].set_ylabel("mean σ_i / σ_1 (solid: attention A, dotted: kernel K)")
-    legend_outside(axes[-1], len(_by_kernel(runs)))
+    # One legend for all panels, from every kernel drawn in any of them (a kernel may lack the last role).
+    drawn = {ln.get_label(): ln for ax in axes for ln in ax.get_lines() if not ln.get_label().startswith("_")}
+    if drawn:
+        fig.legend(list(drawn.values()), list(drawn), fontsize=7, loc="outside right upper", frameon=False)
     fig.suptitle(f"{task}: singular-value decay (mean over sequences, layers, heads, seeds)")
     return fig
 

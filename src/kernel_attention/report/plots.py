@@ -98,8 +98,9 @@ def _curve(run: Run, key: str | None) -> tuple[np.ndarray, np.ndarray] | None:
 def valid_curves(t: TaskTable, colours: dict[str, str] | None = None) -> Figure:
     """Validation curves (``valid.history``), one panel per kernel: its seeds in its colour (dashed when diverged
     or failed, so their history stays visible) over the baseline's seeds in grey, the same reference in every
-    panel. Fourteen kernels' seeds on one axes were unreadable. Each panel's y range starts at the lowest value
-    after the first evaluation, so the early steep part does not flatten the differences that matter."""
+    panel. Fourteen kernels' seeds on one axes were unreadable. Each panel's y range starts at the lowest finite value
+    after the first evaluation, so the early steep part does not flatten the differences that matter (perplexity
+    curves get a log axis instead)."""
     colours = colours or table_colours(t)
     rows = [r for r in t.rows if r.source.runs]
     histories = [h for r in rows for run in r.source.runs for h in run.history if "update" in h]
@@ -121,17 +122,18 @@ def valid_curves(t: TaskTable, colours: dict[str, str] | None = None) -> Figure:
             ax.plot(xs, ys, color=colours.get(r.kernel, "tab:gray"), lw=1.4,
                     ls="-" if run.status in ("completed", "running") else "--", label=r.kernel if j == 0 else None)
             plotted = True
-        later = [y for _, ys in ref + [c for _, c in curves] for y in ys[1:]]
-        if later and key in ("ppl", "loss") and t.metric == "ppl":
-            ax.set_yscale("log")
-        elif later and all(math.isfinite(y) for y in later):
+        # Finite values only: one diverged seed's inf/NaN must not undo the zoom of its panel.
+        later = [y for _, ys in ref + [c for _, c in curves] for y in ys[1:] if math.isfinite(y)]
+        if key in ("ppl", "loss") and t.metric == "ppl":
+            ax.set_yscale("log")  # perplexities span decades early on; the log axis is the zoom
+        elif later:
             lo, hi = min(later), max(later)
             pad = 0.05 * (hi - lo or abs(hi) or 1.0)
             ax.set_ylim(lo - pad, hi + pad)
         ax.set_title(f"{r.kernel} (seeds: {len(curves)})", fontsize=9)
         ax.grid(True, alpha=0.3)
         ax.tick_params(labelsize=7)
-    for ax in axes[len(rows):]:
+    for ax in axes[max(len(rows), 1):]:  # axes[0] stays, to say so when nothing could be drawn
         ax.set_visible(False)
     if not plotted:
         axes[0].text(0.5, 0.5, "no validation history", ha="center", va="center", transform=axes[0].transAxes)

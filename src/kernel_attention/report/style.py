@@ -1,7 +1,7 @@
 """One colour per kernel, shared by every figure of a report, so that a kernel looks the same in the feature-dimension
 plot, the validation curves, the speed plot and the diagnostics plots. The baseline is always red; a study with
 fourteen kernels needs more distinct colours than matplotlib's ten-colour cycle (which gave ``ei`` and ``rff`` the
-same orange), so the colours come from ``tab20`` without its two reds, dark shades first, and past 18 kernels from
+same orange), so the colours come from ``tab20`` without its reds and greys, dark shades first, and past 16 kernels from
 evenly spaced points of a continuous map.
 """
 
@@ -16,21 +16,28 @@ from matplotlib.colors import to_hex
 BASELINE_COLOUR = "tab:red"
 BASELINE_MARKER = "*"
 GROUP_MARKERS = {"infinite": "s", "finite": "o", "unknown": "x"}  # shape = group, colour = kernel
-# tab20 in pairs (dark, light); pair 3 (indices 6, 7) is red, the baseline's.
+# tab20 in pairs (dark, light); pair 3 (indices 6, 7) is red, the baseline's, and pair 7 (14, 15) grey, the colour
+# of reference lines and of "unknown" — neither may mark a kernel.
 _TAB20 = colormaps["tab20"].colors
-PALETTE = [to_hex(_TAB20[i]) for i in range(0, 20, 2) if i != 6] + [to_hex(_TAB20[i]) for i in range(1, 20, 2)
-                                                                   if i != 7]  # fmt: skip
+_SKIP = (6, 7, 14, 15)
+PALETTE = [to_hex(_TAB20[i]) for i in range(0, 20, 2) if i not in _SKIP] + [
+    to_hex(_TAB20[i]) for i in range(1, 20, 2) if i not in _SKIP
+]
+# Past the palette: evenly spaced points of nipy_spectral from purple to orange, short of its red end.
+_SPECTRAL_RANGE = (0.05, 0.8)
 
 
 def kernel_colours(labels: Iterable[str], baseline: str | None = None) -> dict[str, str]:
     """Label → colour for the labels in the order given (duplicates ignored); ``baseline`` gets red. Distinct
-    colours for up to 18 non-baseline labels, then evenly spaced ones from a continuous map (never repeated)."""
+    colours for up to 16 non-baseline labels, then evenly spaced ones from a continuous map (never repeated, never
+    red or grey)."""
     others = [lab for lab in dict.fromkeys(labels) if lab != baseline]
     if len(others) <= len(PALETTE):
         colours = PALETTE[: len(others)]
     else:
         cmap = colormaps["nipy_spectral"]
-        colours = [to_hex(cmap(0.05 + 0.9 * i / (len(others) - 1))) for i in range(len(others))]
+        lo, hi = _SPECTRAL_RANGE
+        colours = [to_hex(cmap(lo + (hi - lo) * i / (len(others) - 1))) for i in range(len(others))]
     out = dict(zip(others, colours))
     if baseline is not None:
         out[baseline] = BASELINE_COLOUR
