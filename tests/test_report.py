@@ -325,6 +325,19 @@ def test_runs_of_one_task_with_different_metrics_are_never_averaged(tmp_path: Pa
     assert "| 3.70 ± 0.10 |" in to_markdown(rep.tables["wikitext2 [ppl]"])
 
 
+def test_bpc_differences_are_printed_with_the_metric_digits(tmp_path: Path) -> None:
+    """A 0.004 bpc gap must not read as Δ=+0.00 in the significance list."""
+    for seed, (e, lin) in zip(SEEDS, [(2.730, 2.734), (2.732, 2.736), (2.734, 2.738)]):
+        for kernel, value in (("edp", e), ("linear", lin)):
+            d = metrics("wikitext2", kernel, seed, value)
+            d["task"]["metric"] = "bpc"
+            d["test"] = {"checkpoint": "best", "split": "test", "n": 9, "bpc": d["test"].pop("ppl")}
+            write(tmp_path, d)
+    rep = build_report(tmp_path, plots=False, n_samples=20)
+    md = (rep.out_dir / "wikitext2.md").read_text()
+    assert "- linear vs edp: Δ=+0.004 bpc (mean over seeds)" in md
+
+
 def test_valid_fallback_is_marked(tmp_path: Path) -> None:
     d = metrics("wikitext2", "edp", 1, 25.0)
     del d["test"]  # not evaluated yet: report valid.best_ppl

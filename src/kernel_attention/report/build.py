@@ -72,7 +72,8 @@ def _significance(t: TaskTable) -> str:
         sig = [p for p in ps if p is not None and p < ALPHA]
         better_is_base = (d < 0) == t.higher_is_better
         word = (f"{base.kernel} better" if better_is_base else f"{r.kernel} better") if sig else "not significant"
-        lines.append(f"- {r.kernel} vs {base.kernel}: Δ={d:+.2f} {unit} (mean over seeds), {'; '.join(tests)} "
+        # Δ with the metric's own digits: bpc seed spreads are ~0.01, so 2 decimals would print Δ=-0.00.
+        lines.append(f"- {r.kernel} vs {base.kernel}: Δ={d:+.{t.digits}f} {unit} (mean over seeds), {'; '.join(tests)} "
                      f"→ **{word}**")  # fmt: skip
     return "\n".join(lines) + "\n" if lines else "No other kernel has completed runs.\n"
 
