@@ -69,6 +69,15 @@ def test_a_parameter_sweep_becomes_one_family_in_dimension_order(tmp_path: Path)
     assert all(math.isclose(a, b) for a, b in zip(line.get_ydata(), want))
     levels = sorted(ln.get_ydata()[0] for ln in fig.axes[0].get_lines() if "(∞)" in str(ln.get_label()))
     assert levels == sorted([statistics.mean([1.50, 1.52]), statistics.mean([1.55, 1.53])])
+    # "log axis, ∞ at the end": the last tick is ∞, past the largest dimension, and each infinite kernel's mean
+    # is also a point there (a one-point line at x ≥ the ∞ tick).
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log" and ax.get_xticklabels()[-1].get_text() == "∞"
+    x_inf = ax.get_xticks()[-1]
+    assert x_inf > 128
+    points = [c.lines[0] for c in ax.containers]  # each errorbar's data line (its caps are separate lines)
+    at_inf = sorted(float(ln.get_ydata()[0]) for ln in points if float(ln.get_xdata()[0]) >= x_inf)
+    assert at_inf == levels
 
     md = (rep.out_dir / "tinyshakespeare.md").read_text()
     sd = statistics.stdev([2.10, 2.20])

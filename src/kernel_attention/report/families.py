@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 from matplotlib.figure import Figure
 
-from kernel_attention.report.plots import table_colours
-from kernel_attention.report.style import legend_outside
+from kernel_attention.report.plots import infinity_axis, infinity_x, table_colours
+from kernel_attention.report.style import BASELINE_MARKER, GROUP_MARKERS, legend_outside
 from kernel_attention.report.tables import Row, TaskTable
 
 
@@ -81,8 +81,9 @@ def families_markdown(t: TaskTable) -> str:
 
 
 def family_curves(t: TaskTable) -> Figure:
-    """Metric against feature dimension (log x), one line with error bars per family; every infinite-dimensional
-    kernel a horizontal line (its mean) with a band (± std) — the level a family would have to reach."""
+    """Metric against feature dimension (log x, "∞" at the end), one line with error bars per family; every
+    infinite-dimensional kernel a point at ∞ and a horizontal line (its mean) with a band (± std) — the level a
+    family would have to reach."""
     fig = Figure(figsize=(8, 4.5), layout="constrained")
     ax = fig.add_subplot()
     fams = families(t)
@@ -106,15 +107,24 @@ def family_curves(t: TaskTable) -> Figure:
             if r.diverged:
                 ax.annotate(f"{r.diverged} diverged", (x, y), textcoords="offset points", xytext=(4, -10),
                             fontsize=7)  # fmt: skip
-    for r in refs:
+    dims = [_dim(r) for f in fams for r in f.rows if r.summary.n > 0 and math.isfinite(_dim(r))]
+    x_inf = infinity_x(max(dims) if dims else 1.0)
+    for j, r in enumerate(refs):
         colour = colours[r.kernel]
         ax.axhline(r.summary.mean, color=colour, ls="--", lw=1.2, label=f"{r.kernel} (∞)")
-        if not math.isnan(r.summary.std):
-            ax.axhspan(r.summary.mean - r.summary.std, r.summary.mean + r.summary.std, color=colour, alpha=0.1)
-    ax.set_xscale("log")
+        std = 0.0 if math.isnan(r.summary.std) else r.summary.std
+        if std:
+            ax.axhspan(r.summary.mean - std, r.summary.mean + std, color=colour, alpha=0.1)
+        # The same level as a point at "∞" on the axis (spread a little so several stay visible), as the issue's
+        # "log axis, ∞ at the end" asks; unlabelled, so the legend names each kernel once.
+        ax.errorbar([x_inf * 1.25**j], [r.summary.mean], yerr=[std], capsize=3, color=colour,
+                    fmt=BASELINE_MARKER if r.is_baseline else GROUP_MARKERS["infinite"],
+                    markersize=11 if r.is_baseline else 6)  # fmt: skip
     if fams:
+        infinity_axis(ax, max(dims) if dims else 1.0, len(refs))
         legend_outside(ax, len(ax.get_legend_handles_labels()[1]))
     else:
+        ax.set_xscale("log")
         ax.text(0.5, 0.5, "no kernel family at two or more dimensions", ha="center", va="center",
                 transform=ax.transAxes)  # fmt: skip
     ax.set_xlabel("feature dimension at the model's head size (log scale)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 from matplotlib.transforms import blended_transform_factory
@@ -29,6 +30,30 @@ def table_colours(t: TaskTable) -> dict[str, str]:
     return kernel_colours([r.kernel for r in t.rows], t.baseline.kernel if t.baseline else None)
 
 
+def infinity_x(right: float) -> float:
+    """Where "∞" sits on a log feature-dimension axis whose largest finite dimension is ``right``: two decades
+    past it, which leaves room for the break marker between them."""
+    return 10.0 ** (math.floor(math.log10(right)) + 2)
+
+
+def infinity_axis(ax: Axes, right: float, n_inf: int) -> None:
+    """A log x axis of feature dimensions: decade ticks up to ``right``, then (when ``n_inf`` infinite-dimensional
+    points sit at ``infinity_x(right) · 1.25^j``) a broken-axis marker "//" and a tick "∞" at the end."""
+    x_inf = infinity_x(right)
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_locator(NullLocator())  # minor log ticks past the break would suggest a finite scale
+    if n_inf:
+        xb = math.sqrt(right * x_inf)
+        ax.axvline(xb, color="0.6", lw=0.8, ls=":")
+        tr = blended_transform_factory(ax.transData, ax.transAxes)
+        for dx in (0.93, 1.07):
+            ax.plot([xb * dx / 1.05, xb * dx * 1.05], [-0.02, 0.02], transform=tr, color="k", lw=1, clip_on=False)
+    ticks = [10.0**k for k in range(0, int(math.log10(right)) + 1)] + ([x_inf] if n_inf else [])
+    ax.set_xticks(ticks, [f"$10^{{{int(math.log10(x))}}}$" for x in ticks[: len(ticks) - bool(n_inf)]]
+                  + (["∞"] if n_inf else []))  # fmt: skip
+    ax.set_xlim(0.5, x_inf * 1.25 ** max(n_inf, 1) * 2)
+
+
 def metric_vs_featdim(t: TaskTable, colours: dict[str, str] | None = None) -> Figure:
     """Metric (mean ± sample std over seeds) against feature dimension on a log x axis. Infinite-dimensional
     kernels sit at a point past the right edge labelled "∞", behind a broken-axis marker; the baseline is a red
@@ -40,8 +65,7 @@ def metric_vs_featdim(t: TaskTable, colours: dict[str, str] | None = None) -> Fi
     rows = [r for r in t.rows if r.summary.n > 0 and r.source.feature_dim is not None]
     finite = [r.source.feature_dim for r in rows if not math.isinf(r.source.feature_dim or 0)]
     right = max(finite) if finite else 1.0
-    # Two decades past the largest finite dimension leaves room for the break marker between them.
-    x_inf = 10 ** (math.floor(math.log10(right)) + 2)
+    x_inf = infinity_x(right)
     n_inf = 0
     for r in rows:
         fd = r.source.feature_dim or 0.0
@@ -57,23 +81,11 @@ def metric_vs_featdim(t: TaskTable, colours: dict[str, str] | None = None) -> Fi
             markersize=14 if r.is_baseline else 7, zorder=3 if r.is_baseline else 2,
             label=f"{r.kernel} (n={r.summary.n})",
         )  # fmt: skip
-    ax.set_xscale("log")
-    ax.xaxis.set_minor_locator(NullLocator())  # minor log ticks past the break would suggest a finite scale
     if rows:
-        if n_inf:
-            ax.axvline(math.sqrt(right * x_inf), color="0.6", lw=0.8, ls=":")
-            # Broken-axis marker "//" on the x axis between the last finite dimension and ∞.
-            tr = blended_transform_factory(ax.transData, ax.transAxes)
-            xb = math.sqrt(right * x_inf)
-            for dx in (0.93, 1.07):
-                ax.plot([xb * dx / 1.05, xb * dx * 1.05], [-0.02, 0.02], transform=tr, color="k", lw=1,
-                        clip_on=False)  # fmt: skip
-        ticks = [10.0**k for k in range(0, int(math.log10(right)) + 1)] + ([x_inf] if n_inf else [])
-        ax.set_xticks(ticks, [f"$10^{{{int(math.log10(x))}}}$" for x in ticks[: len(ticks) - bool(n_inf)]]
-                      + (["∞"] if n_inf else []))  # fmt: skip
-        ax.set_xlim(0.5, x_inf * 1.25 ** max(n_inf, 1) * 2)
+        infinity_axis(ax, right, n_inf)
         legend_outside(ax, len(rows))
     else:
+        ax.set_xscale("log")
         ax.text(0.5, 0.5, "no completed runs", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("feature dimension at the model's head size (log scale)")
     ax.set_ylabel(f"test {t.metric_header} (mean ± std over seeds)")

@@ -2,11 +2,12 @@
 plot, the validation curves, the speed plot and the diagnostics plots. The baseline is always red; a study with
 fourteen kernels needs more distinct colours than matplotlib's ten-colour cycle (which gave ``ei`` and ``rff`` the
 same orange), so the colours come from ``tab20`` without its reds and greys, dark shades first, and past 16 kernels from
-evenly spaced points of a continuous map.
+golden-ratio-spaced points of a continuous map.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 from matplotlib import colormaps
@@ -23,21 +24,24 @@ _SKIP = (6, 7, 14, 15)
 PALETTE = [to_hex(_TAB20[i]) for i in range(0, 20, 2) if i not in _SKIP] + [
     to_hex(_TAB20[i]) for i in range(1, 20, 2) if i not in _SKIP
 ]
-# Past the palette: evenly spaced points of nipy_spectral from purple to orange, short of its red end.
+# Past the palette: points of nipy_spectral from purple to orange, short of its red end.
 _SPECTRAL_RANGE = (0.05, 0.8)
+_GOLDEN = (math.sqrt(5) - 1) / 2
 
 
 def kernel_colours(labels: Iterable[str], baseline: str | None = None) -> dict[str, str]:
     """Label → colour for the labels in the order given (duplicates ignored); ``baseline`` gets red. Distinct
-    colours for up to 16 non-baseline labels, then evenly spaced ones from a continuous map (never repeated, never
-    red or grey)."""
+    colours for up to 16 non-baseline labels, then golden-ratio-spaced ones from a continuous map (never repeated,
+    never red or grey)."""
     others = [lab for lab in dict.fromkeys(labels) if lab != baseline]
     if len(others) <= len(PALETTE):
         colours = PALETTE[: len(others)]
     else:
         cmap = colormaps["nipy_spectral"]
         lo, hi = _SPECTRAL_RANGE
-        colours = [to_hex(cmap(lo + (hi - lo) * i / (len(others) - 1))) for i in range(len(others))]
+        # Golden-ratio steps along the map: all distinct, and neighbours in the table (the infinite kernels come
+        # first, together) land far apart instead of on five shades of one blue.
+        colours = [to_hex(cmap(lo + (hi - lo) * ((i * _GOLDEN) % 1.0))) for i in range(len(others))]
     out = dict(zip(others, colours))
     if baseline is not None:
         out[baseline] = BASELINE_COLOUR
