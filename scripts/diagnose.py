@@ -1,13 +1,14 @@
 #!/usr/bin/env python
 """Measure the learned attention kernels of trained runs (issue #11; Wright & Gonzalez 2021's claims).
 
-    python scripts/diagnose.py <run folder or sweep folder> [split=valid n=128 checkpoint=best roles=all ...]
+    python scripts/diagnose.py <run folder or sweep folder> [split=valid n=128 checkpoint=last roles=all ...]
 
 For each run folder (a sweep folder: every completed run below it) writes ``<run>/diagnostics.json`` atomically
 (docs/contracts.md §6): per role × layer × head, the asymmetry and the indefiniteness of the token kernel matrix,
 the effective and numerical rank of K and of the attention matrix, attention entropy, and the q·k forms'
-asymmetry. ``scripts/report.py`` reads the files. Options (key=value): split, n, checkpoint (best|avg|last),
-roles (all or a comma list of enc_self, dec_self, cross), batch_size, sample_seed, rank_rtol, sv_points, data_dir.
+asymmetry. ``scripts/report.py`` reads the files. Options (key=value): split, n, checkpoint (best|avg|last;
+default: the one the run's test score comes from, its trainer.eval_checkpoint), roles (all or a comma list of
+enc_self, dec_self, cross), batch_size, sample_seed, rank_rtol, sv_points, data_dir.
 Bad input is one line on stderr with its kind's exit code (``kernel_attention.cli``); a run folder is locked while
 its file is written, so it never has two writers.
 """

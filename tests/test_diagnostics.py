@@ -267,6 +267,26 @@ def test_evaluate_with_diagnose_writes_both_files(trained: dict[str, Path], tmp_
     assert d["run"]["kernel"] == "linear" and d["options"]["checkpoint"] == "best"
 
 
+def test_default_checkpoint_is_the_one_the_run_was_scored_on(trained: dict[str, Path], tmp_path: Path) -> None:
+    """Without checkpoint=..., the diagnostics measure the weights the run's test score comes from
+    (trainer.eval_checkpoint): the LM studies score `last`, and measuring `best` there paired one run's rank with
+    another checkpoint's bpc."""
+    import yaml
+
+    run = tmp_path / "run"
+    shutil.copytree(trained["lm_edp"], run)
+    (run / "diagnostics.json").unlink(missing_ok=True)
+    cfg_path = run / ".hydra" / "config.yaml"
+    for choice in ("last", "best"):
+        cfg = yaml.safe_load(cfg_path.read_text())
+        cfg["trainer"]["eval_checkpoint"] = choice
+        cfg_path.write_text(yaml.safe_dump(cfg))
+        d = diagnose_run(run, DiagnoseConfig(n=2, batch_size=2), write=False)
+        assert d["options"]["checkpoint"] == choice
+    d = diagnose_run(run, DiagnoseConfig(n=2, batch_size=2, checkpoint="last"), write=False)
+    assert d["options"]["checkpoint"] == "last"  # an explicit choice wins
+
+
 @pytest.mark.parametrize("case", ["lm_cross", "no_checkpoint", "not_a_run", "bad_option", "bad_role"])
 def test_bad_input_is_one_line_and_writes_nothing(case: str, trained: dict[str, Path], tmp_path: Path) -> None:
     if case == "lm_cross":

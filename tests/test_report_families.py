@@ -76,8 +76,13 @@ def test_a_parameter_sweep_becomes_one_family_in_dimension_order(tmp_path: Path)
     x_inf = ax.get_xticks()[-1]
     assert x_inf > 128
     points = [c.lines[0] for c in ax.containers]  # each errorbar's data line (its caps are separate lines)
-    at_inf = sorted(float(ln.get_ydata()[0]) for ln in points if float(ln.get_xdata()[0]) >= x_inf)
-    assert at_inf == levels
+    inf_pts = [ln for ln in points if float(ln.get_xdata()[0]) >= x_inf]
+    assert sorted(float(ln.get_ydata()[0]) for ln in inf_pts) == levels
+    xs_inf = [float(ln.get_xdata()[0]) for ln in inf_pts]
+    assert len(set(xs_inf)) == len(xs_inf) and ax.get_xlim()[1] > max(xs_inf)  # apart, and inside the view
+    # the broken-axis marker "//": two short strokes in axes coordinates around y = 0, between 128 and ∞
+    strokes = [ln for ln in ax.get_lines() if list(ln.get_ydata()) == [-0.02, 0.02]]
+    assert len(strokes) == 2 and all(128 < min(ln.get_xdata()) < x_inf for ln in strokes)
 
     md = (rep.out_dir / "tinyshakespeare.md").read_text()
     sd = statistics.stdev([2.10, 2.20])

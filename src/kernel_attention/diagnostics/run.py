@@ -19,7 +19,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,9 @@ class DiagnoseConfig:
 
     split: str = "valid"
     n: int = 128  # sequences in the sample
-    checkpoint: str = "best"
+    # None: the checkpoint the run's test score comes from (its trainer.eval_checkpoint), so the diagnostics and
+    # the score describe the same weights; an LM study scored on `last` would otherwise be measured on `best`.
+    checkpoint: str | None = None
     roles: str = "all"  # all, or a comma list of enc_self, dec_self, cross
     batch_size: int = 16
     sample_seed: int = 0
@@ -68,7 +70,7 @@ class DiagnoseConfig:
                 raise ConfigError(f"{key}={getattr(self, key)} must be >= 1")
         if not 0 < self.rank_rtol < 1:
             raise ConfigError(f"rank_rtol={self.rank_rtol} must be in (0, 1), e.g. 1e-6")
-        if self.checkpoint not in CHECKPOINTS:
+        if self.checkpoint is not None and self.checkpoint not in CHECKPOINTS:
             raise ConfigError(f"checkpoint={self.checkpoint!r} is not allowed; choose one of: {', '.join(CHECKPOINTS)}")
         self.role_list()
 
@@ -292,6 +294,7 @@ def diagnose_run(run_dir: Path | str, opts: DiagnoseConfig | None = None, *, wri
         if not roles:
             raise DiagnosticsError(f"roles={opts.roles} has no role of a language model ({run_dir}); "
                                    "use roles=dec_self")
+    opts = replace(opts, checkpoint=opts.checkpoint or cfg.trainer.eval_checkpoint)  # recorded resolved
     ckpt = checkpoint_path(run_dir, opts.checkpoint)  # evaluation's own checks and messages (exit 4)
     try:
         data = PreparedData(opts.data_dir if opts.data_dir else ensure_prepared(cfg.task.data))
