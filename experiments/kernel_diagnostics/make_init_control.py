@@ -1,7 +1,7 @@
 """Control for the kernel diagnostics: the same models at initialisation (no training), to tell learned from
-initial structure. For each run folder given, writes <out>/<run name>/{.hydra/, checkpoints/best.pt} with the
-weights ``build_model`` draws after ``torch.manual_seed(seed)`` (the initialisation training starts from, in
-distribution; not necessarily the identical draw), then diagnose that folder:
+initial structure. For each run folder given, writes <out>/<run name>/{.hydra/, checkpoints/{best,last,avg}.pt}
+with the weights ``build_model`` draws after ``torch.manual_seed(seed)`` (the initialisation training starts from,
+in distribution; not necessarily the identical draw), then diagnose that folder:
 
     python experiments/kernel_diagnostics/make_init_control.py <prepared data folder> <out folder> <run>...
     python scripts/diagnose.py <out folder>/<run name> data_dir=<prepared data folder>
@@ -27,5 +27,8 @@ for src in sys.argv[3:]:
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, cfg.kernel_name, cfg.kernel, cfg.task.type, data.vocab.size, data.vocab.pad)
     (dst / "checkpoints").mkdir(exist_ok=True)
-    torch.save({"model": model.state_dict(), "update": 0}, dst / "checkpoints" / "best.pt")
+    # The same initial weights under every checkpoint name, so diagnose.py's default (the checkpoint the run was
+    # scored on: best for the translation study, last for the LM studies) finds them.
+    for name in ("best", "last", "avg"):
+        torch.save({"model": model.state_dict(), "update": 0}, dst / "checkpoints" / f"{name}.pt")
     print(dst)
