@@ -370,7 +370,7 @@ def test_settings_of_one_kernel_stay_apart_and_keep_their_table_colour(tmp_path:
     one pooled row, and each setting's points carry its table colour in the effective-rank figure."""
     from matplotlib.colors import to_hex
 
-    from kernel_attention.report import build_report
+    from kernel_attention.report import build_report, group_runs
     from kernel_attention.report import diagnostics as diag
     from kernel_attention.report.plots import table_colours
 
@@ -387,7 +387,7 @@ def test_settings_of_one_kernel_stay_apart_and_keep_their_table_colour(tmp_path:
     md = (rep.out_dir / "toy_diagnostics.md").read_text()
     assert "| random_features(m=8) | 2 | 20.500 ± 0.707 |" in md
     assert "| random_features(m=32) | 2 | 26.500 ± 0.707 |" in md
-    druns = diag.collect(rep.collection.runs)["toy"]
+    druns = diag.collect(group_runs(rep.collection.runs))["toy"]
     colours = table_colours(table)
     fig = diag.erank_vs_score_figure("toy", druns, colours)
     seen = {c.get_label(): to_hex(c.get_facecolor()[0]) for c in fig.axes[0].collections}

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Is the report's "higher effective rank goes with a better score" carried by a few kernels that fail, and does it
-hold within a kernel across seeds? Reads the runs as the report groups them (``collect_runs`` + ``group_runs``:
-one group per kernel setting, so a parameter sweep's settings stay apart), each run's effective rank of A from its
-diagnostics.json (means over roles, layers and heads) and its test score, and prints Spearman's ρ with its p value:
+hold within a kernel across seeds? Reads the runs as the report's diagnostics section does (``diagnostics.collect``
+over ``group_runs``: one group per kernel setting, so a parameter sweep's settings stay apart), each run's effective
+rank of A (means over roles, layers and heads) and its test score, and prints Spearman's ρ with its p value:
 
     python experiments/kernel_diagnostics/erank_robustness.py <runs folder> [--drop rff,intersection]
 
@@ -19,7 +19,6 @@ Lines:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -27,25 +26,19 @@ import numpy as np
 from scipy import stats
 
 from kernel_attention.report import collect_runs, group_runs
-from kernel_attention.store.files import DIAGNOSTICS_FILE
+from kernel_attention.report import diagnostics as diag
 
 
 def load(folder: Path) -> tuple[str, list[tuple[str, float, float]]]:
-    """(task, [(kernel setting label, erank of A, oriented test score)]) for completed runs with both numbers."""
-    groups = group_runs(r for r in collect_runs(folder).runs if r.status == "completed")
-    if len(groups) != 1:
-        raise SystemExit(f"erank_robustness: {folder} holds {len(groups)} tasks ({', '.join(groups) or 'none'}); "
-                         "pass the runs of one task")  # fmt: skip
-    (task, gs), = groups.items()
-    out = []
-    for g in gs:
-        for r in g.runs:
-            path = r.path / DIAGNOSTICS_FILE
-            if r.value is None or not path.is_file():
-                continue
-            erank = json.loads(path.read_text(encoding="utf-8"))["summary"]["all"].get("erank_A")
-            if erank is not None:
-                out.append((g.label, float(erank), r.value if r.higher_is_better else -r.value))
+    """(task, [(kernel setting label, erank of A, oriented test score)]): the report's own diagnostics collection
+    (one run per kernel setting and seed, labelled as in the table), runs with both numbers only."""
+    found = diag.collect(group_runs(collect_runs(folder).runs))
+    if len(found) != 1:
+        raise SystemExit(f"erank_robustness: {folder} holds diagnostics of {len(found)} tasks "
+                         f"({', '.join(found) or 'none'}); pass the runs of one task")  # fmt: skip
+    (task, druns), = found.items()
+    out = [(d.label, float(d.summary["erank_A"]), d.run.value if d.run.higher_is_better else -d.run.value)
+           for d in druns if d.run.value is not None and d.summary.get("erank_A") is not None]  # fmt: skip
     return task, out
 
 

@@ -162,7 +162,8 @@ def build_report(
 
     tables: dict[str, TaskTable] = {}
     verdicts: dict[str, TaskVerdict] = {}
-    for task, groups in group_runs(c.runs).items():
+    grouped = group_runs(c.runs)  # once: the tables and the diagnostics sections share it
+    for task, groups in grouped.items():
         tables[task] = build_task_table(groups, baseline=baseline, n_samples=n_samples, seed=seed)
         verdicts[task] = task_verdict(tables[task], n_samples=n_samples, seed=seed)
 
@@ -194,7 +195,7 @@ def build_report(
 
     # Kernel diagnostics (diagnostics.json beside metrics.json, docs/contracts.md §6): a section per task that has any.
     diag_md: list[str] = []
-    for task, druns in diag.collect(c.runs).items():
+    for task, druns in diag.collect(grouped).items():
         for fname, content in diag.outputs(task, druns, safe_name(task), plots, colours.get(task)).items():
             if isinstance(content, str):
                 write(fname, content)

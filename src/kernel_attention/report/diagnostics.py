@@ -15,6 +15,7 @@ import csv
 import io
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from scipy import stats
 
-from kernel_attention.report.collect import Run, group_runs
+from kernel_attention.report.collect import KernelGroup, Run
 from kernel_attention.report.style import kernel_colours, legend_outside
 from kernel_attention.store.files import DIAGNOSTICS_FILE, DIAGNOSTICS_ROLES
 
@@ -56,13 +57,13 @@ class DiagRun:
         return self.data.get("summary", {}).get("all", {})
 
 
-def collect(runs: list[Run]) -> dict[str, list[DiagRun]]:
+def collect(grouped: Mapping[str, list[KernelGroup]]) -> dict[str, list[DiagRun]]:
     """Completed runs with a readable diagnostics.json, keyed and labelled exactly as the report's tables group
-    them (``group_runs`` over *all* runs: the same task key, the same disambiguated label), so the settings of a
-    parameter sweep (random_features at m = 8 … 2048, one raw label) stay apart and a kernel carries the same name
-    and colour as in its table. One run per (kernel setting, seed): the latest."""
+    them: ``grouped`` is ``group_runs`` over *all* runs (the grouping the tables were built from), so the settings
+    of a parameter sweep (random_features at m = 8 … 2048, one raw label) stay apart and a kernel carries the same
+    name and colour as in its table. One run per (kernel setting, seed): the latest."""
     out: dict[str, list[DiagRun]] = {}
-    for task, groups in group_runs(runs).items():
+    for task, groups in grouped.items():
         found: list[DiagRun] = []
         for g in groups:
             latest: dict[int | None, Run] = {}

@@ -108,7 +108,8 @@ def family_curves(t: TaskTable) -> Figure:
                 ax.annotate(f"{r.diverged} diverged", (x, y), textcoords="offset points", xytext=(4, -10),
                             fontsize=7)  # fmt: skip
     dims = [_dim(r) for f in fams for r in f.rows if r.summary.n > 0 and math.isfinite(_dim(r))]
-    x_inf = infinity_x(max(dims) if dims else 1.0)
+    right = max(dims) if dims else 1.0  # the largest finite dimension drawn
+    x_inf = infinity_x(right)
     for j, r in enumerate(refs):
         colour = colours[r.kernel]
         ax.axhline(r.summary.mean, color=colour, ls="--", lw=1.2, label=f"{r.kernel} (∞)")
@@ -122,7 +123,7 @@ def family_curves(t: TaskTable) -> Figure:
                         fmt=BASELINE_MARKER if r.is_baseline else GROUP_MARKERS["infinite"],
                         markersize=11 if r.is_baseline else 6)  # fmt: skip
     if fams:
-        infinity_axis(ax, max(dims) if dims else 1.0, len(refs))
+        infinity_axis(ax, right, len(refs))
         legend_outside(ax, len(ax.get_legend_handles_labels()[1]))
     else:
         ax.set_xscale("log")

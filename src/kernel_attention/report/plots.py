@@ -13,16 +13,12 @@ from matplotlib.transforms import blended_transform_factory
 
 from kernel_attention.report.collect import Run
 from kernel_attention.report.style import (
-    BASELINE_COLOUR,
     BASELINE_MARKER,
     GROUP_MARKERS,
     kernel_colours,
     legend_outside,
 )
 from kernel_attention.report.tables import TaskTable
-
-STYLE = {g: (m, "tab:gray") for g, m in GROUP_MARKERS.items()}  # group -> (marker, colour), when no colours given
-BASELINE_STYLE = (BASELINE_MARKER, BASELINE_COLOUR)
 
 
 def table_colours(t: TaskTable) -> dict[str, str]:
