@@ -85,3 +85,42 @@ def test_two_sweeps_are_timed_as_one_and_a_null_option_does_not_split_a_kernel(t
     groups = finished_runs(tmp_path / "kernels_lm", tmp_path / "feature_dim", tmp_path / "kernels_lm" / "a")
     members = sorted(sorted(p.name for p, _ in runs) for runs in groups.values())
     assert members == [["a", "b", "c"], ["d"]]
+
+
+def _speed_sweep(root: Path, points: dict[str, tuple[float, float]], metric: str, higher: bool) -> Path:
+    """One run per kernel with a hand-set score and a throughput.json from one shared measurement."""
+    from test_report_families import _metrics
+
+    for name, (value, tps) in points.items():
+        run = root / name
+        run.mkdir(parents=True)
+        m = _metrics(name, {}, float("inf") if name == "edp" else 64.0, 1, value)
+        m["task"].update(metric=metric, higher_is_better=higher)
+        m["test"] = {"checkpoint": "last", "split": "test", "n": 10, metric: value}
+        (run / "metrics.json").write_text(json.dumps(m))
+        (run / "throughput.json").write_text(json.dumps({"tokens_per_s": tps, "measured_at": "2026-01-01T00:00"}))
+    return root
+
+
+def _frontier_cells(md: str) -> dict[str, str]:
+    rows = [ln.split("|") for ln in md.splitlines() if ln.startswith("| ") and ln.count("|") == 6]
+    return {r[1].strip(): r[5].strip() for r in rows if r[1].strip() != "kernel"}
+
+
+def test_the_speed_table_marks_the_quality_speed_frontier(tmp_path: Path) -> None:
+    """Pareto set worked out by hand. Lower ppl is better: edp (20, 1,000 tok/s) is the best and slowest; linear
+    (22, 3,000) is faster; cosformer (23, 2,000) is slower AND worse than linear, so dominated; taylor (25, 5,000)
+    is the fastest; rbf ties edp's score but is slower, so dominated (a tie on one axis still dominates)."""
+    pts = {"edp": (20.0, 1000.0), "linear": (22.0, 3000.0), "cosformer": (23.0, 2000.0), "taylor": (25.0, 5000.0),
+           "rbf": (20.0, 900.0)}  # fmt: skip
+    md = (build_report(_speed_sweep(tmp_path / "lm", pts, "ppl", False), n_samples=20).out_dir
+          / "tinyshakespeare.md").read_text()  # fmt: skip
+    assert _frontier_cells(md) == {"taylor": "✓", "linear": "✓", "cosformer": "", "edp": "✓", "rbf": ""}
+    assert "fastest first): taylor, linear, edp." in md
+
+    # Higher is better (BLEU): the same numbers read the other way round. taylor (25, fastest) dominates every
+    # slower kernel with a lower score, so the frontier is taylor alone.
+    md = (build_report(_speed_sweep(tmp_path / "mt", pts, "bleu", True), n_samples=20).out_dir
+          / "tinyshakespeare.md").read_text()  # fmt: skip
+    assert _frontier_cells(md) == {"taylor": "✓", "linear": "", "cosformer": "", "edp": "", "rbf": ""}
+    assert "fastest first): taylor." in md

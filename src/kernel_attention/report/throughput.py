@@ -64,6 +64,21 @@ def _one_measurement(found: list[Speed]) -> bool:
     return len({s.record.get("measured_at") for s in found}) == 1
 
 
+def frontier(found: list[Speed], higher_is_better: bool) -> list[Speed]:
+    """The quality/speed frontier (Pareto set) on the seed means, fastest first: the kernels no other kernel beats
+    on both axes, i.e. none is at least as fast and at least as good with one of the two strictly. A practitioner
+    picks from these; every other kernel is dominated. Kernels without a score are left out."""
+    pts = [s for s in found if s.row.summary.n > 0]
+    sign = 1.0 if higher_is_better else -1.0  # compare "goodness" = sign × metric, larger is better
+
+    def dominates(a: Speed, b: Speed) -> bool:
+        ga, gb = sign * a.row.summary.mean, sign * b.row.summary.mean
+        return a.tokens_per_s >= b.tokens_per_s and ga >= gb and (a.tokens_per_s > b.tokens_per_s or ga > gb)
+
+    return sorted((b for b in pts if not any(dominates(a, b) for a in pts if a is not b)),
+                  key=lambda s: -s.tokens_per_s)  # fmt: skip
+
+
 def throughput_markdown(t: TaskTable, measured: tuple[list[Speed], list[str]]) -> str:
     """The speed table (kernel, tokens/s, × edp, metric) and the measurement's conditions from ``measured``
     (``speeds(t)``, read once per task by the caller); '' when none."""
@@ -74,14 +89,19 @@ def throughput_markdown(t: TaskTable, measured: tuple[list[Speed], list[str]]) -
         return ("Throughput files from more than one measurement: rerun `scripts/measure_throughput.py` on the "
                 "whole sweep so every kernel is timed alike.\n")
     base = next((s.tokens_per_s for s in found if s.row.is_baseline), None)
+    front = frontier(found, t.higher_is_better)
     lines = [f"| kernel | training tokens/s | × {t.baseline.kernel if t.baseline else 'baseline'} | "
-             f"{t.metric_header} |", "|---|---:|---:|---:|"]
+             f"{t.metric_header} | frontier |", "|---|---:|---:|---:|:---:|"]
     for s in sorted(found, key=lambda s: -s.tokens_per_s):
         ratio = f"{s.tokens_per_s / base:.2f}" if base else "—"
         value = f"{s.row.summary.mean:.{t.digits}f}" if s.row.summary.n else "—"
-        lines.append(f"| {s.row.kernel} | {s.tokens_per_s:,.0f} | {ratio} | {value} |")
+        lines.append(f"| {s.row.kernel} | {s.tokens_per_s:,.0f} | {ratio} | {value} | {'✓' if s in front else ''} |")
     rec = found[0].record
-    text = "\n".join(lines) + f"\n\nConditions: {_conditions(rec)}. Command: `{rec.get('command', '?')}`.\n"
+    text = "\n".join(lines) + (
+        f"\n\nQuality/speed frontier (no other kernel is both at least as fast and at least as good on the seed "
+        f"means; fastest first): {', '.join(s.row.kernel for s in front)}. Every other kernel is dominated by one of "
+        f"these. Membership compares seed means, not a test: a kernel dominated by less than the seed spread "
+        f"may be as good.\n\nConditions: {_conditions(rec)}. Command: `{rec.get('command', '?')}`.\n")
     if missing:
         text += f"Not measured: {', '.join(missing)}.\n"
     return text
@@ -105,8 +125,14 @@ def metric_vs_throughput(
                     color=colours.get(s.row.kernel, "tab:gray"), markersize=12 if s.row.is_baseline else 7,
                     label=s.row.kernel)  # fmt: skip
     if pts:
+        front = frontier(pts, t.higher_is_better)
+        if len(front) > 1:
+            # The edge of what the measured kernels attain, fastest first: from each frontier kernel leftwards
+            # (slower) at its score until the next one, which is better, so the step is "post" either way.
+            xs, ys = [s.tokens_per_s for s in front], [s.row.summary.mean for s in front]
+            ax.step(xs, ys, where="post", color="0.4", linestyle="--", linewidth=1, zorder=0, label="frontier")
         ax.set_xscale("log")
-        legend_outside(ax, len(pts))
+        legend_outside(ax, len(pts) + (len(front) > 1))
     else:
         ax.text(0.5, 0.5, "no throughput measured (scripts/measure_throughput.py)", ha="center", va="center",
                 transform=ax.transAxes)  # fmt: skip
