@@ -531,3 +531,32 @@ def test_each_kernel_has_one_colour_in_every_figure_and_its_own_curve_panel(repo
         others = [to_rgb(c) for k, c in many.items() if k != "k0"]
         assert min(np.linalg.norm(np.subtract(c, to_rgb(BASELINE_COLOUR))) for c in others) > 0.25, n
         assert min(max(c) - min(c) for c in others) > 0.1, n
+
+
+def test_a_long_legend_goes_below_and_never_squeezes_the_axes() -> None:
+    """feature_dim's 30 labels of up to 60 characters beside the axes left them a sliver (and were cut off); they
+    go below, the figure growing to hold them, while a short legend stays right of the axes."""
+    from matplotlib.figure import Figure
+
+    from kernel_attention.report.style import legend_outside
+
+    def drawn(labels: list[str]) -> tuple[Figure, float, float]:
+        fig = Figure(figsize=(8, 4.5), layout="constrained")
+        ax = fig.add_subplot()
+        for i, lab in enumerate(labels):
+            ax.plot([1, 2], [i, i + 1], "o", label=lab)
+        legend_outside(ax, len(labels))
+        fig.draw_without_rendering()  # constrained layout places the axes only when drawn
+        return fig, ax.get_position().width, ax.get_position().height
+
+    long = [f"rff(eps=1e-06, m={2 ** i}, normalization=sum, redraw_every=0) (n=3)" for i in range(30)]
+    fig, w, h = drawn(long)
+    assert len(fig.legends) == 1 and fig.axes[0].get_legend() is None
+    assert len(fig.legends[0].get_texts()) == 30
+    assert fig.get_size_inches()[1] > 4.5 and w > 0.8 and h > 0.4  # full width, not a sliver; taller figure
+    legend_box = fig.legends[0].get_window_extent()
+    assert legend_box.y0 >= 0 and legend_box.y1 <= fig.axes[0].get_window_extent().y0  # inside, below the axes
+
+    fig, w, h = drawn(["edp (n=3)", "linear (n=3)"])
+    assert not fig.legends and fig.axes[0].get_legend() is not None and tuple(fig.get_size_inches()) == (8, 4.5)
+    assert fig.axes[0].get_legend().get_window_extent().x0 >= fig.axes[0].get_window_extent().x1

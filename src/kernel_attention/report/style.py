@@ -49,7 +49,19 @@ def kernel_colours(labels: Iterable[str], baseline: str | None = None) -> dict[s
 
 
 def legend_outside(ax: Axes, n: int) -> None:
-    """A legend right of the axes (it never hides a point), in two columns past 16 entries."""
-    if n:
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=2 if n > 16 else 1,
-                  borderaxespad=0.0, frameon=False)  # fmt: skip
+    """A legend outside the axes, so it never hides a point: right of them for up to 16 short labels, else below
+    the figure in as many columns as its width holds, the figure growing taller to make the room (a sweep over
+    kernel parameters has 30 labels of up to ~60 characters, which beside the axes squeezed them to a sliver)."""
+    if not n:
+        return
+    handles, labels = ax.get_legend_handles_labels()
+    longest = max((len(lab) for lab in labels), default=0)
+    if n <= 16 and longest <= 30:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
+        return
+    fig = ax.get_figure()
+    width, height = fig.get_size_inches()
+    col_in = 0.055 * longest + 0.45  # fontsize 7: ≈ 0.055 in per character, plus the marker and the gap
+    ncol = max(1, min(4, int(width // col_in)))
+    fig.set_size_inches(width, height + 0.16 * math.ceil(len(labels) / ncol) + 0.2)
+    fig.legend(handles, labels, fontsize=7, loc="outside lower center", ncol=ncol, frameon=False)
