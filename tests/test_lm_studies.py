@@ -106,6 +106,6 @@ def test_the_three_studies_share_the_nanogpt_setting() -> None:
     assert (base.optim.lr, tuple(base.optim.betas), base.optim.warmup_updates) == (1e-3, (0.9, 0.99), 100)
     assert (base.trainer.max_updates, base.trainer.eval_checkpoint, base.model.init) == (2000, "last", "gpt2")
     long = _compose("experiment=long_context", "kernel=cosformer")
-    assert (long.sweep, long.task.block_size, long.task.max_tokens) == ("long_context", 1024, 2048)
-    assert long.kernel.M == 1024  # cosFormer's reweighting horizon follows the context
+    assert (long.sweep, long.task.block_size, long.task.max_tokens) == ("long_context", 256, 2048)
+    assert long.kernel.M == 256  # cosFormer's reweighting horizon follows the context
     assert (long.model, long.optim) == (base.model, base.optim)
