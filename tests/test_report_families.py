@@ -102,3 +102,28 @@ def test_no_family_means_no_section_and_no_figure(tmp_path: Path) -> None:
     assert families(rep.tables["tinyshakespeare"]) == []
     assert "Feature-dimension curves" not in (rep.out_dir / "REPORT.md").read_text()
     assert not (rep.out_dir / "tinyshakespeare_families.png").exists()
+
+
+def test_one_kernel_under_two_run_settings_is_two_rows_never_one_mean(tmp_path: Path) -> None:
+    """Two sweeps of edp at different contexts read together: before run settings were keyed, the six runs became
+    one row of "3 seeds" (the latest run of each seed, the others silently dropped). Now each context is its own
+    row, named by what differs; where the data lies on disk and the W&B settings do not split a row."""
+    from kernel_attention.report import collect_runs, group_runs
+
+    values = {64: [2.70, 2.72, 2.74], 256: [3.20, 3.23, 3.26]}
+    for block, vals in values.items():
+        for seed, v in enumerate(vals, start=1):
+            run = tmp_path / f"T{block}" / str(seed)
+            run.mkdir(parents=True)
+            m = _metrics("edp", {}, math.inf, seed, v)
+            m["config"] = {"kernel": {"name": "edp"}, "seed": seed, "sweep": f"s{block}",
+                           "task": {"name": "tinyshakespeare", "block_size": block, "data": f"/disk{seed}/ts"},
+                           "logger": {"mode": "online" if seed == 1 else "disabled"}, "trainer": {"max_updates": 9}}
+            (run / "metrics.json").write_text(json.dumps(m))
+    groups = group_runs(collect_runs(tmp_path).runs)["tinyshakespeare"]
+    rows = {g.label: [r.value for r in g.completed] for g in groups}
+    assert rows == {"edp [task.block_size=64]": values[64], "edp [task.block_size=256]": values[256]}
+
+    md = (build_report(tmp_path, n_samples=20).out_dir / "tinyshakespeare.md").read_text()
+    assert "| **edp [task.block_size=256]** (baseline) | ∞ | yes | yes | 3.23 ± 0.03 | 3 |" in md  # first found
+    assert "| edp [task.block_size=64] | ∞ | yes | yes | 2.72 ± 0.02 * | 3 |" in md

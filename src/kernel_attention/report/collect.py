@@ -48,6 +48,7 @@ class Run:
     history: list[dict[str, Any]]
     updated_at: str
     test_sets: dict[str, float] = field(default_factory=dict)  # test_sets.<name>.<metric> (evaluate.py test_sets)
+    setting: dict[str, Any] = field(default_factory=dict)  # run_setting(config): what else shapes its numbers
 
     @property
     def identity_params(self) -> dict[str, Any]:
@@ -212,7 +213,35 @@ def parse_metrics(data: Any, path: Path) -> Run:
         history=[h for h in history if isinstance(h, dict)] if isinstance(history, list) else [],
         updated_at=str(_get(data, "run", "updated_at") or ""),
         test_sets=_test_set_values(data.get("test_sets"), metric),
+        setting=run_setting(data.get("config")),
     )
+
+
+# Resolved-config entries that cannot change a run's numbers: its seed (seeds are a group's runs), its sweep's name,
+# where its data folder lies on this machine, logging, resuming and checkpoint cadence. The kernel is keyed apart.
+_NOT_SETTING_SECTIONS = ("kernel", "logger")
+_NOT_SETTING = {"seed", "sweep", "task.data", "trainer.progress_bar", "trainer.log_interval", "trainer.resume",
+                "trainer.git_commit", "trainer.save_interval_updates"}  # fmt: skip
+
+
+def run_setting(config: Any) -> dict[str, Any]:
+    """The run's resolved config, flattened to dotted keys, without the kernel and the entries that cannot change
+    its numbers (``_NOT_SETTING``); null entries dropped (a null option and a missing one are the same setting).
+    Two runs of one kernel are seeds of one row only if their settings are equal: a 1,024-character and a
+    256-character edp are two rows, never one mean. {} for records without a config (older files)."""
+    out: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        for k, v in node.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, dict):
+                walk(v, f"{key}.")
+            elif v is not None and key not in _NOT_SETTING:
+                out[key] = v
+
+    if isinstance(config, dict):
+        walk({k: v for k, v in config.items() if k not in _NOT_SETTING_SECTIONS}, "")
+    return dict(sorted(out.items()))
 
 
 def _test_set_values(sections: Any, metric: str) -> dict[str, float]:
@@ -277,7 +306,8 @@ def _display(label: str, params: dict[str, Any]) -> str:
 
 
 def group_runs(runs: Iterable[Run]) -> dict[str, list[KernelGroup]]:
-    """Group runs by task, then by kernel (label, or name) + identity params; seeds are the runs of a group.
+    """Group runs by task, then by kernel (label, or name) + identity params + run setting (``run_setting``: the
+    rest of the resolved config that shapes the numbers); seeds are the runs of a group.
 
     A label shared by two parameter settings on one task gets the params appended so rows stay distinct. Runs of
     one task that report different metrics (a character LM recorded as ppl before it reported bpc) are never
@@ -287,14 +317,17 @@ def group_runs(runs: Iterable[Run]) -> dict[str, list[KernelGroup]]:
     for r in runs:
         if r.metric:
             metrics.setdefault(r.task, set()).add(r.metric)
-    groups: dict[str, dict[tuple[str, str, str], KernelGroup]] = {}
+    groups: dict[str, dict[tuple[str, str, str, str], KernelGroup]] = {}
+    settings: dict[int, dict[str, Any]] = {}  # id(group) -> the setting its runs share
     for r in runs:
         params = r.identity_params
-        key = (r.kernel_name, r.kernel_label, json.dumps(params, sort_keys=True, default=str))
+        key = (r.kernel_name, r.kernel_label, json.dumps(params, sort_keys=True, default=str),
+               json.dumps(r.setting, sort_keys=True, default=str))  # fmt: skip
         task = f"{r.task} [{r.metric or '?'}]" if len(metrics.get(r.task, ())) > 1 else r.task
         task_groups = groups.setdefault(task, {})
         if key not in task_groups:
             task_groups[key] = KernelGroup(task, r.kernel_name, r.kernel_label, params)
+            settings[id(task_groups[key])] = r.setting
         task_groups[key].runs.append(r)
     out: dict[str, list[KernelGroup]] = {}
     for task in sorted(groups):
@@ -303,5 +336,14 @@ def group_runs(runs: Iterable[Run]) -> dict[str, list[KernelGroup]]:
         for g in gs:
             if labels.count(g.label) > 1:
                 g.label = _display(g.label, g.params)
+        # Still equal labels: one kernel setting under different run settings. Each row names the entries that
+        # tell them apart, so no two settings are ever averaged into one row nor one of them hidden.
+        labels = [g.label for g in gs]
+        for label in {lab for lab in labels if labels.count(lab) > 1}:
+            same = [g for g in gs if g.label == label]
+            keys = sorted({k for g in same for k in settings[id(g)]})
+            differ = [k for k in keys if len({json.dumps(settings[id(g)].get(k), default=str) for g in same}) > 1]
+            for g in same:
+                g.label += " [" + ", ".join(f"{k}={settings[id(g)].get(k)}" for k in differ) + "]"
         out[task] = gs
     return out
