@@ -545,7 +545,7 @@ def test_a_long_legend_goes_below_and_never_squeezes_the_axes() -> None:
         ax = fig.add_subplot()
         for i, lab in enumerate(labels):
             ax.plot([1, 2], [i, i + 1], "o", label=lab)
-        legend_outside(ax, len(labels))
+        legend_outside(ax)
         fig.draw_without_rendering()  # constrained layout places the axes only when drawn
         return fig, ax.get_position().width, ax.get_position().height
 

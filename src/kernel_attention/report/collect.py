@@ -318,7 +318,6 @@ def group_runs(runs: Iterable[Run]) -> dict[str, list[KernelGroup]]:
         if r.metric:
             metrics.setdefault(r.task, set()).add(r.metric)
     groups: dict[str, dict[tuple[str, str, str, str], KernelGroup]] = {}
-    settings: dict[int, dict[str, Any]] = {}  # id(group) -> the setting its runs share
     for r in runs:
         params = r.identity_params
         key = (r.kernel_name, r.kernel_label, json.dumps(params, sort_keys=True, default=str),
@@ -327,7 +326,6 @@ def group_runs(runs: Iterable[Run]) -> dict[str, list[KernelGroup]]:
         task_groups = groups.setdefault(task, {})
         if key not in task_groups:
             task_groups[key] = KernelGroup(task, r.kernel_name, r.kernel_label, params)
-            settings[id(task_groups[key])] = r.setting
         task_groups[key].runs.append(r)
     out: dict[str, list[KernelGroup]] = {}
     for task in sorted(groups):
@@ -341,9 +339,10 @@ def group_runs(runs: Iterable[Run]) -> dict[str, list[KernelGroup]]:
         labels = [g.label for g in gs]
         for label in {lab for lab in labels if labels.count(lab) > 1}:
             same = [g for g in gs if g.label == label]
-            keys = sorted({k for g in same for k in settings[id(g)]})
-            differ = [k for k in keys if len({json.dumps(settings[id(g)].get(k), default=str) for g in same}) > 1]
-            for g in same:
-                g.label += " [" + ", ".join(f"{k}={settings[id(g)].get(k)}" for k in differ) + "]"
+            settings = [g.runs[0].setting for g in same]  # the setting is part of the key: one per group
+            keys = sorted({k for st in settings for k in st})
+            differ = [k for k in keys if len({json.dumps(st.get(k), default=str) for st in settings}) > 1]
+            for g, st in zip(same, settings):
+                g.label += " [" + ", ".join(f"{k}={st.get(k)}" for k in differ) + "]"
         out[task] = gs
     return out

@@ -267,7 +267,7 @@ def erank_vs_score_figure(task: str, runs: list[DiagRun], colours: dict[str, str
     ax.set_ylabel(f"test {metric}")
     ax.set_title(f"{task}: effective rank vs {metric} (one point per run)")
     ax.grid(True, alpha=0.3)
-    legend_outside(ax, len(_by_kernel(runs)))
+    legend_outside(ax)
     return fig
 
 

@@ -124,7 +124,7 @@ def family_curves(t: TaskTable) -> Figure:
                         markersize=11 if r.is_baseline else 6)  # fmt: skip
     if fams:
         infinity_axis(ax, right, len(refs))
-        legend_outside(ax, len(ax.get_legend_handles_labels()[1]))
+        legend_outside(ax)
     else:
         ax.set_xscale("log")
         ax.text(0.5, 0.5, "no kernel family at two or more dimensions", ha="center", va="center",

@@ -79,7 +79,7 @@ def metric_vs_featdim(t: TaskTable, colours: dict[str, str] | None = None) -> Fi
         )  # fmt: skip
     if rows:
         infinity_axis(ax, right, n_inf)
-        legend_outside(ax, len(rows))
+        legend_outside(ax)
     else:
         ax.set_xscale("log")
         ax.text(0.5, 0.5, "no completed runs", ha="center", va="center", transform=ax.transAxes)

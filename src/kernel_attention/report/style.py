@@ -48,15 +48,16 @@ def kernel_colours(labels: Iterable[str], baseline: str | None = None) -> dict[s
     return out
 
 
-def legend_outside(ax: Axes, n: int) -> None:
-    """A legend outside the axes, so it never hides a point: right of them for up to 16 short labels, else below
-    the figure in as many columns as its width holds, the figure growing taller to make the room (a sweep over
-    kernel parameters has 30 labels of up to ~60 characters, which beside the axes squeezed them to a sliver)."""
-    if not n:
-        return
+def legend_outside(ax: Axes) -> None:
+    """A legend of the axes' labelled artists, outside them so it never hides a point: right of them for up to 16
+    short labels, else below the figure in as many columns as its width holds, the figure growing taller to make
+    the room (a sweep over kernel parameters has 30 labels of up to ~60 characters, which beside the axes squeezed
+    them to a sliver). Nothing when no artist is labelled."""
     handles, labels = ax.get_legend_handles_labels()
-    longest = max((len(lab) for lab in labels), default=0)
-    if n <= 16 and longest <= 30:
+    if not labels:
+        return
+    longest = max(len(lab) for lab in labels)
+    if len(labels) <= 16 and longest <= 30:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
         return
     fig = ax.get_figure()

@@ -132,7 +132,7 @@ def metric_vs_throughput(
             xs, ys = [s.tokens_per_s for s in front], [s.row.summary.mean for s in front]
             ax.step(xs, ys, where="post", color="0.4", linestyle="--", linewidth=1, zorder=0, label="frontier")
         ax.set_xscale("log")
-        legend_outside(ax, len(pts) + (len(front) > 1))
+        legend_outside(ax)
     else:
         ax.text(0.5, 0.5, "no throughput measured (scripts/measure_throughput.py)", ha="center", va="center",
                 transform=ax.transAxes)  # fmt: skip
